@@ -1,0 +1,253 @@
+"""Typed experiment configuration.
+
+One YAML/JSON file describes a whole run; every section is a pydantic model that rejects unknown keys.
+The seed repository's flat per-step JSON configs (``base_model_name``, ``num_epochs``, ``mode`` …) are
+accepted too and mapped onto these models by :func:`from_seed_keys`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orthoguard.errors import ConfigError
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    # hub id, local directory, or the embedded alias "smollm2-135m-instruct"
+    name: str = "smollm2-135m-instruct"
+    revision: str | None = None
+    # auto: bf16 on GPU, bf16 autocast (fp32 weights) on CPU
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    trust_remote_code: bool = False
+
+
+class LoraSettings(Strict):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_length: int = Field(512, gt=8)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    log_every: int = Field(10, gt=0)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+class DataConfig(Strict):
+    # "harmfulqa-questions" (embedded, questions only), a hub id such as "declare-lab/HarmfulQA",
+    # or a local JSON/JSONL file in the hub schema.
+    source: str = "harmfulqa-questions"
+    hub_split: str = "train"
+    # Question-level splits, seed style. They must not overlap.
+    refusal_split: str = "train[:40%]"
+    attack_split: str = "train[40%:90%]"
+    test_split: str = "train[90%:]"
+    shuffle: bool = True  # shuffle unique questions (with the experiment seed) before slicing
+    max_refusal_questions: int | None = Field(None, gt=0)
+    max_attack_questions: int | None = Field(None, gt=0)
+    max_test_prompts: int | None = Field(100, gt=0)
+    # Harmless instructions answered by the base model, mixed into refusal training so the aligned model
+    # learns what not to refuse, and a disjoint set evaluated for over-refusal.
+    benign_train_prompts: int = Field(64, ge=0)
+    benign_eval_prompts: int = Field(32, ge=0)
+    benign_max_new_tokens: int = Field(128, gt=0)
+    synthetic_data_path: str | None = None
+
+
+class SynthConfig(Strict):
+    """Generate compliant answers to harmful questions (the seed's synthetic-data step)."""
+
+    enabled: bool = True  # only used when the data source has no red conversations
+    model: str | None = None  # defaults to model.name
+    max_prompts: int | None = Field(None, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+    do_sample: bool = True
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+
+
+class DirectionsConfig(Strict):
+    kind: Literal["lora_factors"] = "lora_factors"
+
+
+class AttackVariant(Strict):
+    name: str
+    mode: Literal["vanilla", "orthogonal"] = "vanilla"
+    # per-variant changes to attack.training (the seed trains vanilla for 10 epochs and orthogonal for 3)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_training_keys(self) -> "AttackVariant":
+        unknown = sorted(set(self.training) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown training key(s) {unknown} in variant '{self.name}'")
+        return self
+
+
+def _default_variants() -> list[AttackVariant]:
+    return [AttackVariant(name="vanilla", mode="vanilla"), AttackVariant(name="orthogonal", mode="orthogonal")]
+
+
+class AttackConfig(Strict):
+    # which model the attack fine-tunes: the base model, or base + refusal LoRA merged ("aligned")
+    target: Literal["base", "aligned"] = "aligned"
+    training: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=3, learning_rate=5e-4, max_length=448, lora=LoraSettings(dropout=0.0))
+    )
+    variants: list[AttackVariant] = Field(default_factory=_default_variants)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "AttackConfig":
+        names = [v.name for v in self.variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate variant name(s) {dupes}")
+        return self
+
+    def training_for(self, variant: AttackVariant) -> TrainConfig:
+        """The shared attack training settings with the variant's overrides applied."""
+        merged = _deep_merge(self.training.model_dump(), variant.training)
+        return _validate(TrainConfig, merged, f"attack.variants[{variant.name}].training")
+
+
+class EvalConfig(Strict):
+    max_new_tokens: int = Field(96, gt=0)
+    batch_size: int = Field(16, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    judge: Literal["keyword"] = "keyword"
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    output_dir: str = "runs/experiment"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    refusal: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, learning_rate=2e-4, batch_size=8, gradient_accumulation_steps=4))
+    directions: DirectionsConfig = Field(default_factory=DirectionsConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named sections (plus the seed), used to decide whether a stage is stale."""
+        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        payload["seed"] = self.seed
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Seed compatibility: the original repository's per-step JSON keys.
+
+SEED_TRAIN_KEYS = {
+    "num_epochs": "epochs",
+    "learning_rate": "learning_rate",
+    "batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "max_length": "max_length",
+    "warmup_ratio": "warmup_ratio",
+    "weight_decay": "weight_decay",
+    "log_every": "log_every",
+    "max_steps": "max_steps",
+    "gradient_checkpointing": "gradient_checkpointing",
+}
+SEED_LORA_KEYS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
+# keys the seed has that describe paths of its own layout; accepted and used by the single-step commands
+SEED_PATH_KEYS = {"output_dir", "refusal_directions_path", "synthetic_data_path", "split", "dataset_name", "mode", "base_model_name"}
+
+
+def is_seed_config(raw: dict[str, Any]) -> bool:
+    return "base_model_name" in raw or "num_epochs" in raw or "lora_r" in raw
+
+
+def seed_train_config(raw: dict[str, Any], source: str = "<seed config>") -> TrainConfig:
+    """Map a seed step config's hyperparameters onto :class:`TrainConfig` (unknown keys are an error)."""
+    known = set(SEED_TRAIN_KEYS) | set(SEED_LORA_KEYS) | SEED_PATH_KEYS
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown seed config key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    train = {ours: raw[theirs] for theirs, ours in SEED_TRAIN_KEYS.items() if theirs in raw}
+    lora = {ours: raw[theirs] for theirs, ours in SEED_LORA_KEYS.items() if theirs in raw}
+    return _validate(TrainConfig, {**train, "lora": lora}, source)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _validate(model: type[BaseModel], raw: dict[str, Any], source: str):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown config key '{where}'") from None
+        raise ConfigError(f"{source}: {where}: {err['msg']}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load a full experiment config (YAML or JSON). Unknown keys and wrong types raise ConfigError."""
+    raw = read_mapping(path)
+    if is_seed_config(raw):
+        raise ConfigError(
+            f"{path}: this is a seed single-step config (base_model_name/num_epochs keys); "
+            "use it with train-refusal/train-attack, or write an experiment config for 'run'"
+        )
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return _validate(ExperimentConfig, raw, str(path))
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,46 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and tiny randomly initialised models of the real architectures."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from orthoguard.config import ModelConfig
+from orthoguard.models import load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """The SmolLM2-135M-Instruct tokenizer (ChatML template), from the embedded model's cache."""
+    return load_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
+
+
+def build_tiny_model(arch: str, vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common))
+    if arch == "qwen3":
+        return Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common))
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session", params=["llama"])
+def tiny_model_dir(request, tmp_path_factory, smollm_tokenizer):
+    """A folder holding a tiny random model (real architecture, SmolLM2 tokenizer) usable as `model.name`."""
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    build_tiny_model(request.param, len(smollm_tokenizer)).save_pretrained(path)
+    smollm_tokenizer.save_pretrained(path)
+    return path
