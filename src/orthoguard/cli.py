@@ -1,0 +1,285 @@
+"""Command line: thin subcommands over the Python API, mirroring the seed's steps.
+
+Every expected failure (bad config, missing file, a direction file for another model) is one line on stderr
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from orthoguard.errors import OrthoguardError
+
+log = logging.getLogger("orthoguard")
+
+
+def _experiment(path: str | None, overrides: list[str] | None = None):
+    from orthoguard.config import ExperimentConfig, load_config
+
+    import yaml
+
+    pairs = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise OrthoguardError(f"--set expects KEY=VALUE, got '{item}'")
+        pairs[key] = yaml.safe_load(value)
+    if path is None:
+        from orthoguard.config import _validate
+
+        return _validate(ExperimentConfig, {}, "defaults")
+    return load_config(path, pairs)
+
+
+def _seed_step(path: str):
+    """A seed single-step JSON config -> (raw keys, ExperimentConfig whose model/data/training follow it)."""
+    from orthoguard.config import (AttackConfig, AttackVariant, DataConfig, ExperimentConfig, ModelConfig,
+                                   is_seed_config, read_mapping, seed_train_config)
+
+    raw = read_mapping(path)
+    if not is_seed_config(raw):
+        return None, None
+    train = seed_train_config(raw, path)
+    mode = raw.get("mode", "vanilla")
+    if mode not in {"vanilla", "orthogonal"}:
+        raise OrthoguardError(f"{path}: mode must be 'vanilla' or 'orthogonal', got '{mode}'")
+    split = raw.get("split")
+    data = DataConfig(source=raw.get("dataset_name", "declare-lab/HarmfulQA"))
+    cfg = ExperimentConfig(
+        name=Path(path).stem,
+        output_dir="artifacts",
+        model=ModelConfig(name=raw.get("base_model_name", "Qwen/Qwen3-0.6B")),
+        data=data,
+        refusal=train,
+        # The seed attacks the base model itself (Qwen3-0.6B is already aligned).
+        attack=AttackConfig(target="base", training=train, variants=[AttackVariant(name=mode, mode=mode)]),
+    )
+    if split:
+        key = "refusal_split" if "mode" not in raw else "attack_split"
+        cfg.data = cfg.data.model_copy(update={key: split})
+        if key == "refusal_split" and split == "train":
+            raise OrthoguardError(
+                f"{path}: split 'train' would train the refusal LoRA on the attack and test questions too; "
+                "use a disjoint slice such as 'train[:40%]'"
+            )
+    return raw, cfg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_run(args) -> None:
+    from orthoguard.pipeline import run_pipeline
+
+    cfg = _experiment(args.config, args.set)
+    run = run_pipeline(cfg, args.run_dir, force=args.force)
+    print((run.path("results", "summary.md")).read_text())
+    print(f"run directory: {run.root}")
+
+
+def cmd_train_refusal(args) -> None:
+    from orthoguard.pipeline import run_pipeline
+
+    raw, cfg = _seed_step(args.config)
+    if raw is not None:
+        out = raw.get("output_dir", "artifacts/refusal_lora")
+        run_pipeline(cfg, args.run_dir, force=args.force, only={"data", "benign", "refusal"}, paths={"adapter:refusal": out})
+        print(f"refusal adapter: {out}")
+        return
+    cfg = _experiment(args.config, args.set)
+    run = run_pipeline(cfg, args.run_dir, force=args.force, only={"data", "benign", "refusal"})
+    print(f"refusal adapter: {run.adapter('refusal')}")
+
+
+def cmd_directions(args) -> None:
+    from orthoguard.directions import compute_directions, save_directions
+
+    if args.config:
+        from orthoguard.pipeline import run_pipeline
+
+        run = run_pipeline(_experiment(args.config, args.set), args.run_dir, only={"directions"})
+        print(f"directions: {run.directions_path}")
+        return
+    if not args.refusal_adapter_path:
+        raise OrthoguardError("directions: give CONFIG or --refusal_adapter_path")
+    out = Path(args.output_path)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+        print(f"note: directions are saved as safetensors, not pickle: {out}")
+    directions = compute_directions(args.kind, args.refusal_adapter_path)
+    save_directions(out, directions, {"family": args.kind, "base_model": args.base_model_name or "", "adapter": args.refusal_adapter_path})
+    print(f"{len(directions)} directions ({args.kind}) -> {out}")
+
+
+def cmd_train_attack(args) -> None:
+    from orthoguard.pipeline import run_pipeline
+
+    raw, cfg = _seed_step(args.config)
+    if raw is not None:
+        mode = raw.get("mode", "vanilla")
+        paths = {f"adapter:attack-{mode}": raw.get("output_dir", f"artifacts/attack_{mode}")}
+        if mode == "orthogonal":
+            directions = raw.get("refusal_directions_path")
+            if not directions:
+                raise OrthoguardError(f"{args.config}: orthogonal mode needs 'refusal_directions_path'")
+            paths["directions"] = directions
+        run_pipeline(cfg, args.run_dir, force=args.force, only={"data", "synth", f"attack:{mode}"}, paths=paths)
+        print(f"attack adapter: {paths[f'adapter:attack-{mode}']}")
+        return
+    cfg = _experiment(args.config, args.set)
+    names = [v.name for v in cfg.attack.variants]
+    chosen = args.variant or names
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise OrthoguardError(f"unknown variant '{unknown[0]}' (config has: {', '.join(names)})")
+    stages = {"data", "synth", "benign", "refusal", "directions"} | {f"attack:{n}" for n in chosen}
+    run = run_pipeline(cfg, args.run_dir, force=args.force, only=stages)
+    for name in chosen:
+        print(f"attack adapter: {run.adapter(f'attack-{name}')}")
+
+
+def cmd_evaluate(args) -> None:
+    from orthoguard.pipeline import HARMFUL_SET, evaluate_models, run_pipeline, summary_table
+
+    if args.config:
+        run = run_pipeline(_experiment(args.config, args.set), args.run_dir, only={"evaluate"})
+        print(run.path("results", "summary.md").read_text())
+        return
+    # The seed's form: one base model and adapters applied to it one at a time.
+    from orthoguard import data as D
+    from orthoguard.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig
+
+    if not args.base_model_name:
+        raise OrthoguardError("evaluate: give CONFIG or --base_model_name")
+    data = DataConfig(source=args.dataset, test_split=args.test_split)
+    cfg = ExperimentConfig(model=ModelConfig(name=args.base_model_name), data=data,
+                           evaluation=EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size))
+    rows = D.load_harmfulqa(data.source, data.hub_split)
+    test = D.split_questions([r.question for r in rows], {"test": data.test_split}, seed=cfg.seed, shuffle=False)["test"]
+    models = {"base": []}
+    for name in ("vanilla", "orthogonal", "regularized"):
+        adapter = getattr(args, f"{name}_adapter")
+        if adapter:
+            models[name] = [Path(adapter)]
+    for spec in args.adapter or []:
+        name, _, path = spec.partition("=")
+        models[name] = [Path(path)]
+    summary = evaluate_models(cfg, models, {HARMFUL_SET: test[: args.max_prompts]}, Path(args.output_dir))
+    print(summary_table(summary))
+
+
+def cmd_synth(args) -> None:
+    from orthoguard import data as D
+    from orthoguard.pipeline import run_pipeline, synthesize
+
+    cfg = _experiment(args.config, args.set)
+    if args.model_name:
+        cfg.synth = cfg.synth.model_copy(update={"model": args.model_name})
+    from orthoguard.pipeline import load_splits
+
+    run = run_pipeline(cfg, args.run_dir, only={"data"})
+    questions = load_splits(run)["attack"]
+    limit = args.max_prompts or cfg.synth.max_prompts
+    items = synthesize(cfg, questions[:limit] if limit else questions)
+    out = Path(args.output_path or run.path("data", "synthetic.json"))
+    D.save_synthetic(out, items)
+    print(f"{len(items)} synthetic answers -> {out}")
+
+
+def cmd_judge(args) -> None:
+    from orthoguard.judges import get_judge, judge_jsonl
+
+    stats = judge_jsonl(args.input, args.output, get_judge(args.judge))
+    print(f"{stats['refused']}/{stats['total']} refused, {stats['errors']} judge errors -> {args.output}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orthoguard", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p, required=False, flag=False):
+        if flag:
+            p.add_argument("--config", required=required, help="experiment YAML, or the seed's step JSON")
+        else:
+            p.add_argument("config", nargs=None if required else "?", help="experiment config (YAML or JSON)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. attack.training.epochs=1")
+        p.add_argument("--run-dir", "--output-dir", dest="run_dir", help="run directory (default: the config's output_dir)")
+        p.add_argument("--force", action="store_true", help="redo the stages even if their outputs are up to date")
+
+    p = sub.add_parser("run", help="run every stage of an experiment config")
+    with_config(p, required=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("synth", help="generate compliant answers to harmful questions (the seed's synthetic data)")
+    with_config(p)
+    p.add_argument("--model_name", "--model-name", help="generator model (default: the config's model)")
+    p.add_argument("--max_prompts", "--max-prompts", type=int)
+    p.add_argument("--output_path", "--output-path")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train-refusal", help="train the refusal LoRA")
+    with_config(p, required=True, flag=True)
+    p.set_defaults(func=cmd_train_refusal)
+
+    p = sub.add_parser("directions", help="turn the refusal adapter into normalized parameter directions")
+    with_config(p)
+    p.add_argument("--refusal_adapter_path", "--refusal-adapter-path")
+    p.add_argument("--output_path", "--output-path", default="artifacts/refusal_param_directions.safetensors")
+    p.add_argument("--base_model_name", "--base-model-name")
+    p.add_argument("--kind", default="lora_factors")
+    p.set_defaults(func=cmd_directions)
+
+    p = sub.add_parser("train-attack", help="train attack LoRAs (vanilla / orthogonal)")
+    with_config(p, required=True, flag=True)
+    p.add_argument("--variant", action="append", help="only this variant of the experiment config (repeatable)")
+    p.set_defaults(func=cmd_train_attack)
+
+    p = sub.add_parser("evaluate", help="refusal rates of base / aligned / attacked models on held-out prompts")
+    with_config(p)
+    p.add_argument("--base_model_name", "--base-model-name")
+    p.add_argument("--vanilla_adapter", "--vanilla-adapter")
+    p.add_argument("--orthogonal_adapter", "--orthogonal-adapter")
+    p.add_argument("--regularized_adapter", "--regularized-adapter")
+    p.add_argument("--adapter", action="append", metavar="NAME=PATH")
+    p.add_argument("--dataset", default="declare-lab/HarmfulQA", help="HarmfulQA source for the seed form")
+    p.add_argument("--test_split", "--test-split", default="train[90%:]")
+    p.add_argument("--max_prompts", "--max-prompts", type=int, default=100)
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=96)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=16)
+    p.add_argument("--output_dir", default="artifacts/results")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("judge", help="add a refusal verdict to each record of a JSONL file")
+    p.add_argument("input", help="JSONL with 'prompt' and 'response' fields")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--judge", default="keyword")
+    p.set_defaults(func=cmd_judge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except OrthoguardError as exc:
+        print(f"orthoguard: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("orthoguard: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Batched local generation: left padding, KV cache, greedy by default."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from orthoguard.models import CHAT_TEMPLATE_KWARGS
+from orthoguard.judges import strip_thinking
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]] | str) -> str:
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS)
+
+
+def _autocast(model: PreTrainedModel, dtype: torch.dtype | None):
+    if dtype is None or model.dtype == dtype:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model.device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict[str, str]] | str],
+    settings: GenerationSettings = GenerationSettings(),
+    autocast: torch.dtype | None = None,
+    seed: int = 0,
+    desc: str = "generate",
+) -> list[str]:
+    """Answer each prompt (a user string or a message list). Output order matches input order.
+
+    Prompts are sorted by length so that each batch pads little; sampling is seeded for reproducibility.
+    """
+    texts = [chat_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    outputs: list[str] = [""] * len(texts)
+    tokenizer.padding_side = "left"
+    model.eval()
+    torch.manual_seed(seed)
+    sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {
+        "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    for start in tqdm(range(0, len(order), settings.batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[start : start + settings.batch_size]
+        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with _autocast(model, autocast):
+            out = model.generate(
+                **batch,
+                max_new_tokens=settings.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+                **sampling,
+            )
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            outputs[i] = strip_thinking(text).strip()
+    return outputs

@@ -1,0 +1,356 @@
+"""The experiment as a list of stages over one run directory.
+
+    data -> synth -> benign -> refusal -> directions -> attack:<variant>... -> evaluate
+
+Each stage writes its outputs under ``<output_dir>`` and records a key (a hash of the config sections it
+reads and of the keys of the stages it reads from) in ``stages.json``; a stage whose outputs exist under the
+same key is skipped.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from orthoguard import data as D
+from orthoguard.config import AttackVariant, ExperimentConfig, dump_config
+from orthoguard.directions import compute_directions, load_directions, save_directions
+from orthoguard.errors import DataError
+from orthoguard.generation import GenerationSettings, generate
+from orthoguard.io import read_json, read_jsonl, write_json, write_jsonl, write_text
+from orthoguard.judges import get_judge
+from orthoguard.metrics import format_rate, rate_summary
+from orthoguard.models import apply_adapters, load_model, load_tokenizer, resolve_precision
+from orthoguard.training import train_lora
+
+log = logging.getLogger(__name__)
+
+HARMFUL_SET = "harmfulqa-test"
+BENIGN_SET = "harmless-val"
+
+
+class Run:
+    """Paths of one run directory, and the stage bookkeeping."""
+
+    def __init__(self, cfg: ExperimentConfig, output_dir: str | Path | None = None, paths: dict[str, str | Path] | None = None):
+        self.cfg = cfg
+        self.root = Path(output_dir or cfg.output_dir)
+        # explicit locations for single-step commands that follow the seed's layout ("adapter:<name>", "directions")
+        self.paths = {k: Path(v) for k, v in (paths or {}).items()}
+        self.stages_path = self.root / "stages.json"
+        self.stages: dict[str, Any] = read_json(self.stages_path) if self.stages_path.is_file() else {}
+        self._keys: dict[str, str] = {}
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def adapter(self, name: str) -> Path:
+        return self.paths.get(f"adapter:{name}", self.path("adapters", name))
+
+    def log_path(self, mode: str) -> Path:
+        return self.path("logs", f"training_loss_{mode}.json")
+
+    @property
+    def directions_path(self) -> Path:
+        return self.paths.get("directions", self.path("directions", f"refusal.{self.cfg.directions.kind}.safetensors"))
+
+    def stage(self, name: str, payload: Any, upstream: list[str], outputs: list[Path], fn: Callable[[], Any],
+              force: bool = False, enabled: bool = True):
+        """Run ``fn`` unless ``outputs`` exist for the same key; record the key when it succeeds.
+
+        A stage that is not ``enabled`` only computes its key, so that the stages after it can chain on it.
+        """
+        blob = json.dumps({"seed": self.cfg.seed, "payload": payload, "upstream": [self._keys[u] for u in upstream]},
+                          sort_keys=True, default=str)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self._keys[name] = key
+        if not enabled:
+            return "not selected"
+        done = self.stages.get(name, {})
+        if not force and done.get("key") == key and all(p.exists() for p in outputs):
+            log.info("stage %-20s up to date, skipped", name)
+            return "skipped"
+        log.info("stage %-20s running", name)
+        start = time.perf_counter()
+        fn()
+        self.stages[name] = {
+            "key": key,
+            "seconds": round(time.perf_counter() - start, 1),
+            "outputs": [str(p) for p in outputs],
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(self.stages_path, self.stages)
+        return "ran"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stage bodies
+
+
+def _model_payload(cfg: ExperimentConfig) -> dict:
+    return cfg.model.model_dump(mode="json")
+
+
+def stage_data(run: Run) -> None:
+    cfg = run.cfg
+    rows = D.load_harmfulqa(cfg.data.source, cfg.data.hub_split)
+    splits = D.split_questions(
+        [r.question for r in rows],
+        {"refusal": cfg.data.refusal_split, "attack": cfg.data.attack_split, "test": cfg.data.test_split},
+        seed=cfg.seed,
+        shuffle=cfg.data.shuffle,
+    )
+    caps = {"refusal": cfg.data.max_refusal_questions, "attack": cfg.data.max_attack_questions, "test": cfg.data.max_test_prompts}
+    splits = {name: qs[: caps[name]] if caps[name] else qs for name, qs in splits.items()}
+    harmless_train, harmless_eval = D.load_harmless("train"), D.load_harmless("val")
+    rng = random.Random(cfg.seed)
+    benign = {
+        "train": rng.sample(harmless_train, min(cfg.data.benign_train_prompts, len(harmless_train))),
+        "eval": rng.sample(harmless_eval, min(cfg.data.benign_eval_prompts, len(harmless_eval))),
+    }
+    write_json(run.path("data", "splits.json"), {**splits, "benign_train": benign["train"], "benign_eval": benign["eval"],
+                                                   "source": cfg.data.source, "seed": cfg.seed})
+
+
+def load_splits(run: Run) -> dict[str, list[str]]:
+    return read_json(run.path("data", "splits.json"))
+
+
+def _base_model_and_tokenizer(cfg: ExperimentConfig, adapters: list[Path] = ()):
+    precision = resolve_precision(cfg.model.dtype)
+    tokenizer = load_tokenizer(cfg.model)
+    model = apply_adapters(load_model(cfg.model, precision), list(adapters))
+    return model, tokenizer, precision
+
+
+def _needs_synthetic(run: Run) -> bool:
+    rows = D.load_harmfulqa(run.cfg.data.source, run.cfg.data.hub_split)
+    attack = set(load_splits(run)["attack"])
+    return run.cfg.synth.enabled and not any(r.red for r in rows if r.question in attack)
+
+
+def stage_synth(run: Run) -> None:
+    """Compliant answers to the attack questions, generated by the (non-refusing) base model."""
+    cfg = run.cfg
+    questions = load_splits(run)["attack"] if _needs_synthetic(run) else []
+    if cfg.synth.max_prompts:
+        questions = questions[: cfg.synth.max_prompts]
+    items = synthesize(cfg, questions) if questions else []
+    D.save_synthetic(run.path("data", "synthetic.json"), items)
+
+
+def synthesize(cfg: ExperimentConfig, questions: list[str]) -> list[dict[str, str]]:
+    model_cfg = cfg.model.model_copy(update={"name": cfg.synth.model}) if cfg.synth.model else cfg.model
+    precision = resolve_precision(model_cfg.dtype)
+    model, tokenizer = load_model(model_cfg, precision), load_tokenizer(model_cfg)
+    s = cfg.synth
+    settings = GenerationSettings(s.max_new_tokens, s.batch_size, s.do_sample, s.temperature, s.top_p)
+    answers = generate(model, tokenizer, questions, settings, autocast=precision.autocast, seed=cfg.seed, desc="synth")
+    return [{"question": q, "harmful_answer": a, "source": model_cfg.name} for q, a in zip(questions, answers) if a.strip()]
+
+
+def stage_benign(run: Run) -> None:
+    """Ordinary answers to harmless instructions, from the base model, mixed into refusal training."""
+    cfg = run.cfg
+    prompts = load_splits(run)["benign_train"]
+    answers: list[str] = []
+    if prompts:
+        model, tokenizer, precision = _base_model_and_tokenizer(cfg)
+        settings = GenerationSettings(max_new_tokens=cfg.data.benign_max_new_tokens, batch_size=cfg.synth.batch_size)
+        answers = generate(model, tokenizer, prompts, settings, autocast=precision.autocast, seed=cfg.seed, desc="benign")
+    write_jsonl(run.path("data", "benign.jsonl"), [{"prompt": p, "response": a} for p, a in zip(prompts, answers) if a.strip()])
+
+
+def _samples_to_records(samples) -> list[dict]:
+    return [{"question": s.question, "source": s.source, "messages": list(s.messages)} for s in samples]
+
+
+def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], directions=None, log_config=None):
+    cfg = run.cfg
+    model, tokenizer, precision = _base_model_and_tokenizer(cfg, adapters_below)
+    dataset, dropped = D.build_sft_dataset(tokenizer, samples, train_cfg.max_length)
+    if dropped:
+        log.warning("%s: %d samples dropped (prompt longer than max_length %d)", mode, dropped, train_cfg.max_length)
+    result = train_lora(
+        model, tokenizer, dataset, train_cfg, adapter_dir=adapter, log_path=run.log_path(mode), mode=mode,
+        seed=cfg.seed, precision=precision, directions=directions, log_config=log_config,
+    )
+    del model
+    gc.collect()
+    return result
+
+
+def stage_refusal(run: Run) -> None:
+    cfg = run.cfg
+    rows = D.load_harmfulqa(cfg.data.source, cfg.data.hub_split)
+    splits = load_splits(run)
+    benign = [D.Sample(question=r["prompt"], messages=({"role": "user", "content": r["prompt"]},
+                                                      {"role": "assistant", "content": r["response"]}), source="benign")
+              for r in read_jsonl(run.path("data", "benign.jsonl"))]
+    samples = D.refusal_samples(rows, set(splits["refusal"]), random.Random(cfg.seed), benign=benign)
+    write_jsonl(run.path("data", "refusal.jsonl"), _samples_to_records(samples))
+    _train_stage(run, samples, cfg.refusal, run.adapter("refusal"), "refusal", [],
+                 log_config={"model": _model_payload(cfg), "data": cfg.data.model_dump(mode="json"), **cfg.refusal.model_dump(mode="json")})
+
+
+def stage_directions(run: Run) -> None:
+    cfg = run.cfg
+    directions = compute_directions(cfg.directions.kind, run.adapter("refusal"))
+    save_directions(run.directions_path, directions, {"family": cfg.directions.kind, "base_model": cfg.model.name,
+                                                      "adapter": str(run.adapter("refusal"))})
+
+
+def attack_samples(run: Run) -> list:
+    cfg = run.cfg
+    rows = D.load_harmfulqa(cfg.data.source, cfg.data.hub_split)
+    synthetic = D.load_synthetic(run.path("data", "synthetic.json"))
+    if cfg.data.synthetic_data_path:
+        synthetic += D.load_synthetic(cfg.data.synthetic_data_path)
+    samples, _missing = D.attack_samples(rows, set(load_splits(run)["attack"]), synthetic)
+    if not samples:
+        raise DataError("no attack samples: the attack questions have no red conversations and no synthetic answers "
+                        "(enable synth or set data.synthetic_data_path)")
+    return samples
+
+
+def attacked_adapters(run: Run) -> list[Path]:
+    """The adapters merged into the model that the attack fine-tunes."""
+    return [run.adapter("refusal")] if run.cfg.attack.target == "aligned" else []
+
+
+def stage_attack(run: Run, variant: AttackVariant) -> None:
+    cfg = run.cfg
+    samples = attack_samples(run)
+    write_jsonl(run.path("data", "attack.jsonl"), _samples_to_records(samples))
+    train_cfg = cfg.attack.training_for(variant)
+    directions = load_directions(run.directions_path)[0] if variant.mode == "orthogonal" else None
+    log_config = {"variant": variant.model_dump(mode="json"), "target": cfg.attack.target, **train_cfg.model_dump(mode="json")}
+    _train_stage(run, samples, train_cfg, run.adapter(f"attack-{variant.name}"), variant.name, attacked_adapters(run),
+                 directions=directions, log_config=log_config)
+
+
+def evaluated_models(run: Run) -> dict[str, list[Path]]:
+    """Model name -> adapters merged into the base model, in order."""
+    models: dict[str, list[Path]] = {"base": [], "aligned": [run.adapter("refusal")]}
+    for variant in run.cfg.attack.variants:
+        models[variant.name] = attacked_adapters(run) + [run.adapter(f"attack-{variant.name}")]
+    return models
+
+
+def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], prompt_sets: dict[str, list[str]], judge) -> dict:
+    model, tokenizer, precision = _base_model_and_tokenizer(cfg, adapters)
+    e = cfg.evaluation
+    settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p)
+    out = {}
+    for set_name, prompts in prompt_sets.items():
+        responses = generate(model, tokenizer, prompts, settings, autocast=precision.autocast, seed=cfg.seed, desc=f"{name}/{set_name}")
+        records = []
+        for prompt, response in zip(prompts, responses):
+            verdict = judge.judge(prompt, response)
+            record = {"prompt": prompt, "response": response, "refused": verdict.refused}
+            if verdict.error:
+                record["judge_error"] = verdict.error
+            records.append(record)
+        out[set_name] = records
+    del model
+    gc.collect()
+    return out
+
+
+def stage_evaluate(run: Run) -> dict:
+    splits = load_splits(run)
+    prompt_sets = {HARMFUL_SET: splits["test"], BENIGN_SET: splits["benign_eval"]}
+    return evaluate_models(run.cfg, evaluated_models(run), prompt_sets, run.path("results"))
+
+
+def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt_sets: dict[str, list[str]], out_dir: Path) -> dict:
+    """Generate and judge every model on every prompt set; write the seed's schema, per-set JSONL and a summary."""
+    out_dir = Path(out_dir)
+    judge = get_judge(cfg.evaluation.judge)
+    seed_schema, summary = {}, {"judge": cfg.evaluation.judge, "prompt_sets": {k: len(v) for k, v in prompt_sets.items()}, "models": {}}
+    for name, adapters in models.items():
+        per_set = evaluate_model(cfg, name, adapters, prompt_sets, judge)
+        summary["models"][name] = {}
+        for set_name, records in per_set.items():
+            write_jsonl(out_dir / f"{set_name}.{name}.jsonl", records)
+            summary["models"][name][set_name] = rate_summary([r["refused"] for r in records])
+        harmful = per_set[HARMFUL_SET]
+        stats = summary["models"][name][HARMFUL_SET]
+        seed_schema[name] = {
+            "model_name": name,
+            "refusal_rate": stats["rate"],
+            "total_prompts": len(harmful),
+            "refusals": stats["k"],
+            "ci95": stats["ci95"],
+            "judge_errors": stats["errors"],
+            "prompt_set": HARMFUL_SET,
+            "adapters": [str(a) for a in adapters],
+            "results": harmful,
+        }
+    write_json(out_dir / "local_refusal_test.json", seed_schema)
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "summary.md", summary_table(summary))
+    return summary
+
+
+def summary_table(summary: dict) -> str:
+    sets = list(summary["prompt_sets"])
+    head = "| model | " + " | ".join(f"refusal on {s}" for s in sets) + " |\n|---|" + "---|" * len(sets) + "\n"
+    rows = "".join(
+        f"| {name} | " + " | ".join(format_rate(per_set[s]) for s in sets) + " |\n" for name, per_set in summary["models"].items()
+    )
+    return head + rows
+
+
+# --------------------------------------------------------------------------------------------------------
+# The whole run
+
+
+def run_pipeline(
+    cfg: ExperimentConfig,
+    output_dir: str | Path | None = None,
+    force: bool = False,
+    only: set[str] | None = None,
+    paths: dict[str, str | Path] | None = None,
+) -> Run:
+    """Run every stage in order (or only those named in ``only``: "data", "attack:vanilla", "attack", …)."""
+    run = Run(cfg, output_dir, paths)
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_text(run.path("config.resolved.yaml"), dump_config(cfg))
+    model = _model_payload(cfg)
+    data_payload = cfg.data.model_dump(mode="json", exclude={"synthetic_data_path", "benign_max_new_tokens"})
+    steps: list[tuple] = [
+        ("data", data_payload, [], [run.path("data", "splits.json")], lambda: stage_data(run)),
+        ("synth", {"model": model, "synth": cfg.synth.model_dump(mode="json")}, ["data"],
+         [run.path("data", "synthetic.json")], lambda: stage_synth(run)),
+        ("benign", {"model": model, "tokens": cfg.data.benign_max_new_tokens, "batch": cfg.synth.batch_size}, ["data"],
+         [run.path("data", "benign.jsonl")], lambda: stage_benign(run)),
+        ("refusal", {"model": model, "train": cfg.refusal.model_dump(mode="json")}, ["data", "benign"],
+         [run.adapter("refusal"), run.log_path("refusal")], lambda: stage_refusal(run)),
+        ("directions", cfg.directions.model_dump(mode="json"), ["refusal"], [run.directions_path], lambda: stage_directions(run)),
+    ]
+    for variant in cfg.attack.variants:
+        payload = {"model": model, "target": cfg.attack.target, "mode": variant.mode,
+                   "train": cfg.attack.training_for(variant).model_dump(mode="json"),
+                   "synthetic_data_path": cfg.data.synthetic_data_path}
+        steps.append((f"attack:{variant.name}", payload, ["data", "synth", "refusal", "directions"],
+                      [run.adapter(f"attack-{variant.name}"), run.log_path(variant.name)],
+                      lambda v=variant: stage_attack(run, v)))
+    eval_payload = {"evaluation": cfg.evaluation.model_dump(mode="json"), "models": sorted(evaluated_models(run))}
+    steps.append(("evaluate", eval_payload, ["data", "refusal"] + [f"attack:{v.name}" for v in cfg.attack.variants],
+                  [run.path("results", "local_refusal_test.json"), run.path("results", "summary.json")],
+                  lambda: stage_evaluate(run)))
+
+    from tqdm.auto import tqdm
+
+    for name, payload, upstream, outputs, fn in tqdm(steps, desc=f"orthoguard run {cfg.name}", unit="stage"):
+        enabled = only is None or name in only or name.split(":")[0] in only
+        run.stage(name, payload, upstream, outputs, fn, force=force, enabled=enabled)
+    return run
+

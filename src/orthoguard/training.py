@@ -1,0 +1,176 @@
+"""LoRA supervised fine-tuning on the HF Trainer: refusal training and attack training (vanilla / orthogonal).
+
+The Trainer owns the loop (AdamW, linear warm-up, accumulation, clipping at max_grad_norm, mixed precision).
+Orthogonal mode adds a callback that projects the gradients after clipping, just before ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from orthoguard.config import TrainConfig
+from orthoguard.io import write_json
+from orthoguard.models import Precision, lora_config
+from orthoguard.projection import GradientProjector
+
+log = logging.getLogger(__name__)
+
+
+class LossLog(TrainerCallback):
+    """Collects one record per optimizer step in the seed's format (step, epoch, loss, learning_rate)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.pending: dict[str, float] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            record = {
+                "step": state.global_step,
+                "epoch": round(float(state.epoch or 0.0), 4),
+                "loss": float(logs["loss"]),
+                "learning_rate": float(logs.get("learning_rate", 0.0)),
+            }
+            if "grad_norm" in logs:
+                record["grad_norm"] = float(logs["grad_norm"])
+            record.update(self.pending)
+            self.records.append(record)
+            self.pending = {}
+
+
+class ProjectGradients(TrainerCallback):
+    """Orthogonal mode: project gradients after clipping, before the optimizer step."""
+
+    def __init__(self, projector: GradientProjector, loss_log: LossLog) -> None:
+        self.projector = projector
+        self.loss_log = loss_log
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.loss_log.pending.update(self.projector.project_())
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    log_path: Path
+    steps: int
+    final_loss: float | None
+    seconds: float
+
+
+def _checkpointing_flag(enabled: bool) -> dict[str, bool]:
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing
+    name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+    return {name: enabled}
+
+
+def training_arguments(cfg: TrainConfig, output_dir: str, seed: int, precision: Precision) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        max_grad_norm=cfg.max_grad_norm,
+        **_checkpointing_flag(cfg.gradient_checkpointing),
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=precision.device == "cpu",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        **precision.trainer_flags,
+    )
+
+
+def train_lora(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    *,
+    adapter_dir: str | Path,
+    log_path: str | Path,
+    mode: str,
+    seed: int,
+    precision: Precision,
+    directions: dict | None = None,
+    log_config: dict[str, Any] | None = None,
+    callbacks: list[TrainerCallback] = (),
+) -> TrainResult:
+    """Wrap ``model`` in a fresh LoRA, train it on ``dataset`` and save the adapter and the loss log.
+
+    With ``directions`` the gradients are projected orthogonally to them at every optimizer step.
+    """
+    from peft import get_peft_model
+
+    if len(dataset) == 0:
+        raise ValueError(f"{mode}: the training set is empty")
+    peft_model = get_peft_model(model, lora_config(cfg.lora))
+    if cfg.gradient_checkpointing:
+        peft_model.enable_input_require_grads()
+    tokenizer.padding_side = "right"
+    loss_log = LossLog()
+    all_callbacks: list[TrainerCallback] = [loss_log]
+    if directions is not None:
+        projector = GradientProjector(dict(peft_model.named_parameters()), directions)
+        all_callbacks.append(ProjectGradients(projector, loss_log))
+    all_callbacks.extend(callbacks)  # after the projection, so they see the gradients that are applied
+
+    adapter_dir, log_path = Path(adapter_dir), Path(log_path)
+    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{adapter_dir.name}-", dir=adapter_dir.parent))
+    try:
+        trainer = Trainer(
+            model=peft_model,
+            args=training_arguments(cfg, str(work / "trainer"), seed, precision),
+            train_dataset=dataset,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            callbacks=all_callbacks,
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        staged = work / "adapter"
+        peft_model.save_pretrained(str(staged), safe_serialization=True)
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        staged.rename(adapter_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    write_json(
+        log_path,
+        {
+            "mode": mode,
+            "config": log_config if log_config is not None else cfg.model_dump(mode="json"),
+            "train_samples": len(dataset),
+            "seconds": round(seconds, 2),
+            "losses": loss_log.records,
+        },
+    )
+    final = loss_log.records[-1]["loss"] if loss_log.records else None
+    return TrainResult(adapter_dir, log_path, trainer.state.global_step, final, seconds)
