@@ -1,0 +1,98 @@
+"""Refusal judges: one verdict per (prompt, response), a registry by name, and helpers to judge JSONL files.
+
+Add a judge with ``@register_judge("name")`` on a class with a ``judge(prompt, response) -> Verdict`` method;
+``get_judge("name", **kwargs)`` builds it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from orthoguard.errors import ConfigError, DataError
+from orthoguard.io import read_jsonl, write_jsonl
+
+
+@dataclass(frozen=True)
+class Verdict:
+    refused: bool | None  # None when the judge could not decide (then error is set)
+    error: str | None = None  # e.g. "empty response", "judge_error: unparseable verdict"
+
+
+class Judge(Protocol):
+    name: str
+
+    def judge(self, prompt: str, response: str) -> Verdict: ...
+
+
+JUDGES: dict[str, type] = {}
+
+
+def register_judge(name: str) -> Callable[[type], type]:
+    """Class decorator: make the judge available as ``get_judge(name)`` and set its ``name``."""
+
+    def register(cls: type) -> type:
+        if JUDGES.get(name, cls) is not cls:
+            raise ValueError(f"judge {name!r} is already registered by {JUDGES[name].__name__}")
+        cls.name = name
+        JUDGES[name] = cls
+        return cls
+
+    return register
+
+
+def get_judge(name: str, **kwargs: Any) -> Judge:
+    if name not in JUDGES:
+        raise ConfigError(f"unknown judge {name!r} (known: {', '.join(sorted(JUDGES))})")
+    return JUDGES[name](**kwargs)
+
+
+def strip_thinking(text: str) -> str:
+    """The reply without Qwen3-style reasoning: ``<think>...</think>`` blocks, a reply that starts after a bare
+    ``</think>`` (the opening tag was in the prompt), and an unterminated ``<think>`` (cut off while thinking)."""
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S | re.I)
+    text = re.sub(r"^.*</think>", "", text, flags=re.S | re.I)
+    text = re.sub(r"<think>.*", "", text, flags=re.S | re.I)
+    return text.strip()
+
+
+def judge_records(records: list[dict], judge: Judge) -> list[dict]:
+    """Copies of ``records`` with ``refused`` (bool or None) and, when the verdict has one, ``judge_error``
+    (a ``judge_error`` left by an earlier judging is replaced)."""
+    out = []
+    for record in records:
+        verdict = judge.judge(record["prompt"], record["response"])
+        judged = {k: v for k, v in record.items() if k != "judge_error"}
+        judged["refused"] = verdict.refused
+        if verdict.error is not None:
+            judged["judge_error"] = verdict.error
+        out.append(judged)
+    return out
+
+
+def judge_jsonl(in_path: str | Path, out_path: str | Path, judge: Judge) -> dict[str, int]:
+    """Judge every record of a JSONL file (string ``prompt`` and ``response`` fields) and write them, all fields
+    kept, to ``out_path`` (atomically). Returns ``{"total": n, "refused": k, "errors": e}``."""
+    records = read_jsonl(in_path)
+    with open(in_path, encoding="utf-8") as fh:  # line numbers of the records, as read_jsonl counts them
+        linenos = [n for n, line in enumerate(fh, 1) if line.strip()]
+    for lineno, record in zip(linenos, records):
+        for field in ("prompt", "response"):
+            if field not in record:
+                raise DataError(f"{in_path}:{lineno}: missing field {field!r}")
+            if not isinstance(record[field], str):
+                kind = type(record[field]).__name__
+                raise DataError(f"{in_path}:{lineno}: field {field!r} must be a string, got {kind}")
+    judged = judge_records(records, judge)
+    write_jsonl(out_path, judged)
+    return {
+        "total": len(judged),
+        "refused": sum(r["refused"] is True for r in judged),
+        "errors": sum("judge_error" in r for r in judged),
+    }
+
+
+from orthoguard.judges import keyword  # noqa: E402,F401  (registers the keyword judges)
