@@ -28,7 +28,7 @@ class ModelConfig(Strict):
     # hub id, local directory, or the embedded alias "smollm2-135m-instruct"
     name: str = "smollm2-135m-instruct"
     revision: str | None = None
-    # auto: bf16 on GPU, bf16 autocast (fp32 weights) on CPU
+    # auto: bf16 on GPU, fp32 on CPU; bf16 on CPU = fp32 weights with bf16 autocast in training
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     trust_remote_code: bool = False
 

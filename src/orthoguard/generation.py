@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -28,25 +27,19 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS)
 
 
-def _autocast(model: PreTrainedModel, dtype: torch.dtype | None):
-    if dtype is None or model.dtype == dtype:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=model.device.type, dtype=dtype)
-
-
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[dict[str, str]] | str],
     settings: GenerationSettings = GenerationSettings(),
-    autocast: torch.dtype | None = None,
     seed: int = 0,
     desc: str = "generate",
 ) -> list[str]:
     """Answer each prompt (a user string or a message list). Output order matches input order.
 
     Prompts are sorted by length so that each batch pads little; sampling is seeded for reproducibility.
+    Generation runs in the weights' dtype: bf16 autocast over fp32 weights was 2-3x slower on CPU here.
     """
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
@@ -59,14 +52,9 @@ def generate(
     for start in tqdm(range(0, len(order), settings.batch_size), desc=desc, unit="batch", leave=False):
         idx = order[start : start + settings.batch_size]
         batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with _autocast(model, autocast):
-            out = model.generate(
-                **batch,
-                max_new_tokens=settings.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                use_cache=True,
-                **sampling,
-            )
+        out = model.generate(
+            **batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling
+        )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             outputs[i] = strip_thinking(text).strip()

@@ -24,7 +24,7 @@ from orthoguard.directions import compute_directions, load_directions, save_dire
 from orthoguard.errors import DataError
 from orthoguard.generation import GenerationSettings, generate
 from orthoguard.io import read_json, read_jsonl, write_json, write_jsonl, write_text
-from orthoguard.judges import get_judge
+from orthoguard.judges import get_judge, judge_records
 from orthoguard.metrics import format_rate, rate_summary
 from orthoguard.models import apply_adapters, load_model, load_tokenizer, resolve_precision
 from orthoguard.training import train_lora
@@ -151,7 +151,7 @@ def synthesize(cfg: ExperimentConfig, questions: list[str]) -> list[dict[str, st
     model, tokenizer = load_model(model_cfg, precision), load_tokenizer(model_cfg)
     s = cfg.synth
     settings = GenerationSettings(s.max_new_tokens, s.batch_size, s.do_sample, s.temperature, s.top_p)
-    answers = generate(model, tokenizer, questions, settings, autocast=precision.autocast, seed=cfg.seed, desc="synth")
+    answers = generate(model, tokenizer, questions, settings, seed=cfg.seed, desc="synth")
     return [{"question": q, "harmful_answer": a, "source": model_cfg.name} for q, a in zip(questions, answers) if a.strip()]
 
 
@@ -163,7 +163,7 @@ def stage_benign(run: Run) -> None:
     if prompts:
         model, tokenizer, precision = _base_model_and_tokenizer(cfg)
         settings = GenerationSettings(max_new_tokens=cfg.data.benign_max_new_tokens, batch_size=cfg.synth.batch_size)
-        answers = generate(model, tokenizer, prompts, settings, autocast=precision.autocast, seed=cfg.seed, desc="benign")
+        answers = generate(model, tokenizer, prompts, settings, seed=cfg.seed, desc="benign")
     write_jsonl(run.path("data", "benign.jsonl"), [{"prompt": p, "response": a} for p, a in zip(prompts, answers) if a.strip()])
 
 
@@ -190,9 +190,7 @@ def stage_refusal(run: Run) -> None:
     cfg = run.cfg
     rows = D.load_harmfulqa(cfg.data.source, cfg.data.hub_split)
     splits = load_splits(run)
-    benign = [D.Sample(question=r["prompt"], messages=({"role": "user", "content": r["prompt"]},
-                                                      {"role": "assistant", "content": r["response"]}), source="benign")
-              for r in read_jsonl(run.path("data", "benign.jsonl"))]
+    benign = [D.single_turn(r["prompt"], r["response"], "benign") for r in read_jsonl(run.path("data", "benign.jsonl"))]
     samples = D.refusal_samples(rows, set(splits["refusal"]), random.Random(cfg.seed), benign=benign)
     write_jsonl(run.path("data", "refusal.jsonl"), _samples_to_records(samples))
     _train_stage(run, samples, cfg.refusal, run.adapter("refusal"), "refusal", [],
@@ -212,7 +210,10 @@ def attack_samples(run: Run) -> list:
     synthetic = D.load_synthetic(run.path("data", "synthetic.json"))
     if cfg.data.synthetic_data_path:
         synthetic += D.load_synthetic(cfg.data.synthetic_data_path)
-    samples, _missing = D.attack_samples(rows, set(load_splits(run)["attack"]), synthetic)
+    attack = D.attack_samples(rows, set(load_splits(run)["attack"]), synthetic)
+    if attack.unanswered_questions:
+        log.info("%d attack questions have no compliant answer and are not trained on", len(attack.unanswered_questions))
+    samples = attack.samples
     if not samples:
         raise DataError("no attack samples: the attack questions have no red conversations and no synthetic answers "
                         "(enable synth or set data.synthetic_data_path)")
@@ -249,15 +250,8 @@ def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], promp
     settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p)
     out = {}
     for set_name, prompts in prompt_sets.items():
-        responses = generate(model, tokenizer, prompts, settings, autocast=precision.autocast, seed=cfg.seed, desc=f"{name}/{set_name}")
-        records = []
-        for prompt, response in zip(prompts, responses):
-            verdict = judge.judge(prompt, response)
-            record = {"prompt": prompt, "response": response, "refused": verdict.refused}
-            if verdict.error:
-                record["judge_error"] = verdict.error
-            records.append(record)
-        out[set_name] = records
+        responses = generate(model, tokenizer, prompts, settings, seed=cfg.seed, desc=f"{name}/{set_name}")
+        out[set_name] = judge_records([{"prompt": p, "response": r} for p, r in zip(prompts, responses)], judge)
     del model
     gc.collect()
     return out

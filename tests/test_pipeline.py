@@ -1,0 +1,98 @@
+"""End to end: `orthoguard run` on a tiny random model, offline, with the embedded questions-only data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from orthoguard.cli import main
+from orthoguard.config import load_config
+
+
+def _config(tmp_path, model_dir, **extra):
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name": str(model_dir), "dtype": "fp32"},
+        "data": {"max_refusal_questions": 12, "max_attack_questions": 8, "max_test_prompts": 6,
+                 "benign_train_prompts": 4, "benign_eval_prompts": 3, "benign_max_new_tokens": 8},
+        "synth": {"max_new_tokens": 12, "batch_size": 8},
+        "refusal": {"max_steps": 3, "batch_size": 4, "max_length": 96, "lora": {"r": 4, "alpha": 8}},
+        "attack": {"training": {"max_steps": 2, "batch_size": 4, "max_length": 96, "lora": {"r": 4, "alpha": 8}}},
+        "evaluation": {"max_new_tokens": 8, "batch_size": 4},
+    }
+    for dotted, value in extra.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, capsys):
+    path = _config(tmp_path, tiny_model_dir)
+    assert main(["run", str(path)]) == 0
+    run = tmp_path / "run"
+    for rel in ["config.resolved.yaml", "stages.json", "data/splits.json", "data/synthetic.json", "data/benign.jsonl",
+                "data/refusal.jsonl", "data/attack.jsonl", "adapters/refusal/adapter_model.safetensors",
+                "adapters/attack-vanilla/adapter_model.safetensors", "adapters/attack-orthogonal/adapter_model.safetensors",
+                "directions/refusal.lora_factors.safetensors", "logs/training_loss_refusal.json",
+                "logs/training_loss_vanilla.json", "logs/training_loss_orthogonal.json",
+                "results/local_refusal_test.json", "results/summary.json"]:
+        assert (run / rel).exists(), rel
+
+    splits = json.loads((run / "data/splits.json").read_text())
+    assert not set(splits["refusal"]) & set(splits["attack"]) and not set(splits["attack"]) & set(splits["test"])
+    attack_questions = {json.loads(line)["question"] for line in (run / "data/attack.jsonl").read_text().splitlines()}
+    assert attack_questions <= set(splits["attack"])
+
+    results = json.loads((run / "results/local_refusal_test.json").read_text())
+    assert set(results) == {"base", "aligned", "vanilla", "orthogonal"}
+    for name, r in results.items():
+        assert r["model_name"] == name and r["total_prompts"] == 6 == len(r["results"])
+        assert r["refusals"] == sum(x["refused"] is True for x in r["results"])
+        assert {"prompt", "response", "refused"} <= set(r["results"][0])
+    log = json.loads((run / "logs/training_loss_orthogonal.json").read_text())
+    assert [x["step"] for x in log["losses"]] == [1, 2] and "grad_removed_frac" in log["losses"][0]
+    assert "refusal on harmfulqa-test" in capsys.readouterr().out
+
+    stamps = json.loads((run / "stages.json").read_text())
+    assert main(["run", str(path)]) == 0  # everything is up to date
+    assert json.loads((run / "stages.json").read_text()) == stamps
+
+    # changing one variant's training redoes that variant and the evaluation, nothing upstream
+    changed = load_config(path, {"attack.variants": [{"name": "vanilla", "mode": "vanilla", "training": {"learning_rate": 1e-3}},
+                                                     {"name": "orthogonal", "mode": "orthogonal"}]})
+    path.write_text(yaml.safe_dump(changed.model_dump(mode="json")))
+    assert main(["run", str(path)]) == 0
+    after = json.loads((run / "stages.json").read_text())
+    redone = {name for name in after if after[name]["finished"] != stamps[name]["finished"] or after[name]["key"] != stamps[name]["key"]}
+    assert redone == {"attack:vanilla", "evaluate"}
+
+
+def test_overlapping_splits_stop_the_run(tmp_path, tiny_model_dir, capsys):
+    path = _config(tmp_path, tiny_model_dir, data__attack_split="train[30%:90%]")
+    assert main(["run", str(path)]) == 2
+    assert "overlap" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("attack:\n  trainig: {}\n", "unknown config key 'attack.trainig'"),
+    ("model: {dtype: fp8}\n", "model.dtype"),
+])
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
