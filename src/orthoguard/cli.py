@@ -48,7 +48,9 @@ def _seed_step(path: str):
     if mode not in {"vanilla", "orthogonal"}:
         raise OrthoguardError(f"{path}: mode must be 'vanilla' or 'orthogonal', got '{mode}'")
     split = raw.get("split")
-    data = DataConfig(source=raw.get("dataset_name", "declare-lab/HarmfulQA"))
+    # The seed sliced the hub order and trained on HarmfulQA alone (no benign mix-in).
+    data = DataConfig(source=raw.get("dataset_name", "declare-lab/HarmfulQA"), shuffle=False,
+                      benign_train_prompts=0, benign_eval_prompts=0)
     cfg = ExperimentConfig(
         name=Path(path).stem,
         output_dir="artifacts",

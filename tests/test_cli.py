@@ -1,0 +1,96 @@
+"""The seed's single-step commands, mapped onto orthoguard, on a tiny model and a HarmfulQA fixture in the hub schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from orthoguard.cli import main
+
+FIXTURE = Path(__file__).parent / "data" / "harmfulqa_fixture.json"
+
+
+def _seed_json(path: Path, **keys) -> Path:
+    base = {"max_length": 96, "batch_size": 2, "num_epochs": 1, "learning_rate": 1e-3, "gradient_accumulation_steps": 1,
+            "warmup_ratio": 0.0, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "log_every": 1}
+    path.write_text(json.dumps({**base, **keys}))
+    return path
+
+
+def test_seed_commands_step_by_step(tmp_path, tiny_model_dir, capsys):
+    model, data, art = str(tiny_model_dir), str(FIXTURE), tmp_path / "artifacts"
+    common = {"base_model_name": model, "dataset_name": data}
+    refusal = _seed_json(tmp_path / "refusal_lora.json", output_dir=str(art / "refusal_lora"), split="train[:40%]", **common)
+    assert main(["train-refusal", "--config", str(refusal), "--run-dir", str(art)]) == 0
+    assert (art / "refusal_lora" / "adapter_model.safetensors").is_file()
+    log = json.loads((art / "logs" / "training_loss_refusal.json").read_text())
+    assert log["losses"] and {"step", "epoch", "loss", "learning_rate"} <= set(log["losses"][0])
+    # the seed trained on conversations only: fixture rows 1-3 of 8 have 1-3 blue conversations each
+    assert all(json.loads(x)["source"].startswith("harmfulqa-blue") or json.loads(x)["source"] == "refusal-template"
+               for x in (art / "data" / "refusal.jsonl").read_text().splitlines())
+
+    directions = art / "refusal_param_directions.pt"
+    assert main(["directions", "--base_model_name", model, "--refusal_adapter_path", str(art / "refusal_lora"),
+                 "--output_path", str(directions)]) == 0
+    assert directions.with_suffix(".safetensors").is_file() and not directions.exists()
+
+    for mode in ("vanilla", "orthogonal"):
+        cfg = _seed_json(tmp_path / f"train_{mode}.json", output_dir=str(art / f"attack_{mode}"), split="train[40%:90%]",
+                         mode=mode, refusal_directions_path=str(directions.with_suffix(".safetensors")), **common)
+        assert main(["train-attack", "--config", str(cfg), "--run-dir", str(art)]) == 0
+        assert (art / f"attack_{mode}" / "adapter_config.json").is_file()
+        assert json.loads((art / "logs" / f"training_loss_{mode}.json").read_text())["mode"] == mode
+
+    out = tmp_path / "results"
+    assert main(["evaluate", "--base_model_name", model, "--vanilla_adapter", str(art / "attack_vanilla"),
+                 "--orthogonal_adapter", str(art / "attack_orthogonal"), "--dataset", data, "--max_prompts", "5",
+                 "--max_new_tokens", "6", "--output_dir", str(out)]) == 0
+    results = json.loads((out / "local_refusal_test.json").read_text())
+    assert set(results) == {"base", "vanilla", "orthogonal"}
+    assert all(r["total_prompts"] == len(r["results"]) >= 1 for r in results.values())
+
+
+def test_refusal_on_all_of_train_is_refused(tmp_path, tiny_model_dir, capsys):
+    cfg = _seed_json(tmp_path / "r.json", base_model_name=str(tiny_model_dir), dataset_name=str(FIXTURE), split="train")
+    assert main(["train-refusal", "--config", str(cfg), "--run-dir", str(tmp_path / "a")]) == 2
+    assert "disjoint" in capsys.readouterr().err
+
+
+def test_attack_with_a_direction_file_for_another_model_exits_2(tmp_path, tiny_model_dir, capsys):
+    from safetensors.torch import save_file
+    import torch
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.ones(4, 4)}, str(wrong))
+    cfg = _seed_json(tmp_path / "o.json", base_model_name=str(tiny_model_dir), dataset_name=str(FIXTURE),
+                     split="train[40%:90%]", mode="orthogonal", refusal_directions_path=str(wrong), output_dir=str(tmp_path / "o"))
+    assert main(["train-attack", "--config", str(cfg), "--run-dir", str(tmp_path / "a")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("orthoguard: error:")]
+    assert len(errors) == 1 and "matches no trainable parameter" in errors[0]
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_synth_writes_the_seed_format(tmp_path, tiny_model_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{name: '{tiny_model_dir}'}}\noutput_dir: '{tmp_path / 'run'}'\nsynth: {{max_new_tokens: 6}}\n")
+    out = tmp_path / "synthetic.json"
+    assert main(["synth", str(cfg), "--max_prompts", "3", "--output_path", str(out)]) == 0
+    items = json.loads(out.read_text())
+    assert 1 <= len(items) <= 3 and all(set(i) == {"question", "harmful_answer", "source"} for i in items)
+    attack = set(json.loads((tmp_path / "run" / "data" / "splits.json").read_text())["attack"])
+    assert {i["question"] for i in items} <= attack
+
+
+def test_judge_command_keeps_every_field(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": 1, "prompt": "p", "response": "I'm sorry, but I can't help with that.", "extra": [1, 2]},
+            {"id": 2, "prompt": "p", "response": "Sure, here is a detailed plan: first, gather the materials."}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["judge", "--judge", "keyword", str(src), "-o", str(tmp_path / "out.jsonl")]) == 0
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["refused"] for r in out] == [True, False]
+    assert all({k: v for k, v in o.items() if k != "refused"} == r for o, r in zip(out, rows))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p"}\n')
+    assert main(["judge", str(bad), "-o", str(tmp_path / "x.jsonl")]) == 2
+    assert "missing field 'response'" in capsys.readouterr().err
