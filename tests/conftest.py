@@ -44,3 +44,15 @@ def tiny_model_dir(request, tmp_path_factory, smollm_tokenizer):
     build_tiny_model(request.param, len(smollm_tokenizer)).save_pretrained(path)
     smollm_tokenizer.save_pretrained(path)
     return path
+
+
+def random_sft_dataset(vocab_size: int, n: int = 16, length: int = 12, seed: int = 0):
+    """Random token sequences with the first 4 positions masked: enough to train a tiny model on."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        ids = torch.randint(3, vocab_size, (length - i % 3,), generator=g).tolist()
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * 4 + ids[4:]})
+    return Dataset.from_list(rows)

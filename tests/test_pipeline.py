@@ -20,7 +20,14 @@ def _config(tmp_path, model_dir, **extra):
                  "benign_train_prompts": 4, "benign_eval_prompts": 3, "benign_max_new_tokens": 8},
         "synth": {"max_new_tokens": 12, "batch_size": 8},
         "refusal": {"max_steps": 3, "batch_size": 4, "max_length": 96, "lora": {"r": 4, "alpha": 8}},
-        "attack": {"training": {"max_steps": 2, "batch_size": 4, "max_length": 96, "lora": {"r": 4, "alpha": 8}}},
+        "directions": {"activation_prompts": 4},
+        "attack": {"training": {"max_steps": 2, "batch_size": 4, "max_length": 96, "lora": {"r": 4, "alpha": 8}},
+                   "variants": [{"name": "vanilla"},
+                                {"name": "orthogonal", "mode": "orthogonal", "directions": "lora_factors", "at": "gradient"},
+                                {"name": "subspace", "mode": "orthogonal", "directions": "subspace"},
+                                {"name": "subspace-random", "mode": "orthogonal", "directions": "subspace", "random": True},
+                                {"name": "delta_w", "mode": "orthogonal", "directions": "delta_w"},
+                                {"name": "activation", "mode": "orthogonal", "directions": "activation"}]},
         "evaluation": {"max_new_tokens": 8, "batch_size": 4},
     }
     for dotted, value in extra.items():
@@ -41,7 +48,9 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     for rel in ["config.resolved.yaml", "stages.json", "data/splits.json", "data/synthetic.json", "data/benign.jsonl",
                 "data/refusal.jsonl", "data/attack.jsonl", "adapters/refusal/adapter_model.safetensors",
                 "adapters/attack-vanilla/adapter_model.safetensors", "adapters/attack-orthogonal/adapter_model.safetensors",
-                "directions/refusal.lora_factors.safetensors", "logs/training_loss_refusal.json",
+                "directions/refusal.lora_factors.safetensors", "directions/refusal.subspace.safetensors",
+                "directions/refusal.random-subspace.safetensors", "directions/refusal.delta_w.safetensors",
+                "directions/refusal.activation.safetensors", "logs/training_loss_refusal.json",
                 "logs/training_loss_vanilla.json", "logs/training_loss_orthogonal.json",
                 "results/local_refusal_test.json", "results/summary.json"]:
         assert (run / rel).exists(), rel
@@ -52,13 +61,19 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     assert attack_questions <= set(splits["attack"])
 
     results = json.loads((run / "results/local_refusal_test.json").read_text())
-    assert set(results) == {"base", "aligned", "vanilla", "orthogonal"}
+    assert set(results) == {"base", "aligned", "vanilla", "orthogonal", "subspace", "subspace-random", "delta_w", "activation"}
     for name, r in results.items():
         assert r["model_name"] == name and r["total_prompts"] == 6 == len(r["results"])
         assert r["refusals"] == sum(x["refused"] is True for x in r["results"])
         assert {"prompt", "response", "refused"} <= set(r["results"][0])
     log = json.loads((run / "logs/training_loss_orthogonal.json").read_text())
     assert [x["step"] for x in log["losses"]] == [1, 2] and "grad_removed_frac" in log["losses"][0]
+    log = json.loads((run / "logs/training_loss_subspace.json").read_text())
+    assert "update_removed_frac" in log["losses"][0]
+    # the subspace variant keeps its change out of the protected subspace; vanilla does not
+    assert log["diagnostics"]["overall"]["energy_in_ref_subspace"] < 1e-8
+    vanilla = json.loads((run / "logs/training_loss_vanilla.json").read_text())["diagnostics"]["overall"]
+    assert vanilla["energy_in_ref_subspace"] > 1e-4
     assert "refusal on harmfulqa-test" in capsys.readouterr().out
 
     stamps = json.loads((run / "stages.json").read_text())
@@ -66,8 +81,9 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     assert json.loads((run / "stages.json").read_text()) == stamps
 
     # changing one variant's training redoes that variant and the evaluation, nothing upstream
-    changed = load_config(path, {"attack.variants": [{"name": "vanilla", "mode": "vanilla", "training": {"learning_rate": 1e-3}},
-                                                     {"name": "orthogonal", "mode": "orthogonal"}]})
+    variants = load_config(path).attack.model_dump(mode="json")["variants"]
+    variants[0]["training"] = {"learning_rate": 1e-3}
+    changed = load_config(path, {"attack.variants": variants})
     path.write_text(yaml.safe_dump(changed.model_dump(mode="json")))
     assert main(["run", str(path)]) == 0
     after = json.loads((run / "stages.json").read_text())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import torch
-from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -13,8 +12,8 @@ from transformers import TrainerCallback
 from orthoguard.config import LoraSettings, TrainConfig
 from orthoguard.directions import canonical_name
 from orthoguard.models import resolve_precision
-from orthoguard.training import train_lora
-from tests.conftest import build_tiny_model
+from orthoguard.training import ProjectionSpec, train_lora
+from tests.conftest import build_tiny_model, random_sft_dataset
 
 VOCAB = 256
 CFG = TrainConfig(epochs=2, learning_rate=1e-2, batch_size=4, gradient_accumulation_steps=2, max_length=64,
@@ -22,13 +21,8 @@ CFG = TrainConfig(epochs=2, learning_rate=1e-2, batch_size=4, gradient_accumulat
 FP32 = resolve_precision("fp32", "cpu")
 
 
-def _dataset(n=16, length=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        ids = torch.randint(3, VOCAB, (length - n % 3,), generator=g).tolist()
-        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * 4 + ids[4:]})
-    return Dataset.from_list(rows)
+def _dataset(n=16):
+    return random_sft_dataset(VOCAB, n=n)
 
 
 class Snapshot(TrainerCallback):
@@ -76,7 +70,7 @@ def test_orthogonal_mode_projects_the_applied_gradient_at_every_step(tmp_path, s
 
     snap = Snapshot()
     train_lora(build_tiny_model("llama", VOCAB), smollm_tokenizer, _dataset(), CFG, adapter_dir=tmp_path / "a",
-               log_path=tmp_path / "l.json", mode="orthogonal", seed=0, precision=FP32, directions=directions, callbacks=[snap])
+               log_path=tmp_path / "l.json", mode="orthogonal", seed=0, precision=FP32, projection=ProjectionSpec(directions, "lora_factors", "gradient"), callbacks=[snap])
     assert len(snap.grads) == 4
     for step in snap.grads:
         assert len(step) == 28

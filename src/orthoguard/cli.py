@@ -58,7 +58,8 @@ def _seed_step(path: str):
         data=data,
         refusal=train,
         # The seed attacks the base model itself (Qwen3-0.6B is already aligned).
-        attack=AttackConfig(target="base", training=train, variants=[AttackVariant(name=mode, mode=mode)]),
+        attack=AttackConfig(target="base", training=train, variants=[
+            AttackVariant(name=mode, mode=mode, directions="lora_factors", at="gradient")]),
     )
     if split:
         key = "refusal_split" if "mode" not in raw else "attack_split"
@@ -105,7 +106,8 @@ def cmd_directions(args) -> None:
         from orthoguard.pipeline import run_pipeline
 
         run = run_pipeline(_experiment(args.config, args.set), args.run_dir, only={"directions"})
-        print(f"directions: {run.directions_path}")
+        for key in run.direction_keys():
+            print(f"directions: {run.directions_path(key)}")
         return
     if not args.refusal_adapter_path:
         raise OrthoguardError("directions: give CONFIG or --refusal_adapter_path")
@@ -113,7 +115,9 @@ def cmd_directions(args) -> None:
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
         print(f"note: directions are saved as safetensors, not pickle: {out}")
-    directions = compute_directions(args.kind, args.refusal_adapter_path)
+    from orthoguard.config import DirectionsConfig
+
+    directions = compute_directions(args.kind, args.refusal_adapter_path, DirectionsConfig())
     save_directions(out, directions, {"family": args.kind, "base_model": args.base_model_name or "", "adapter": args.refusal_adapter_path})
     print(f"{len(directions)} directions ({args.kind}) -> {out}")
 
@@ -237,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refusal_adapter_path", "--refusal-adapter-path")
     p.add_argument("--output_path", "--output-path", default="artifacts/refusal_param_directions.safetensors")
     p.add_argument("--base_model_name", "--base-model-name")
-    p.add_argument("--kind", default="lora_factors")
+    p.add_argument("--kind", default="lora_factors", choices=["lora_factors", "delta_w", "subspace"],
+                   help="direction family (activation needs a model: use `directions CONFIG`)")
     p.set_defaults(func=cmd_directions)
 
     p = sub.add_parser("train-attack", help="train attack LoRAs (vanilla / orthogonal)")
@@ -265,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--judge", default="keyword")
     p.set_defaults(func=cmd_judge)
+
+    from orthoguard import hub
+
+    hub.register_cli(sub)
     return parser
 
 

@@ -89,15 +89,36 @@ class SynthConfig(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
 
 
+Family = Literal["lora_factors", "delta_w", "subspace", "activation"]
+
+
 class DirectionsConfig(Strict):
-    kind: Literal["lora_factors"] = "lora_factors"
+    """How the refusal directions of each family are computed (variants choose the family)."""
+
+    kind: Family = "lora_factors"  # the family of variants that name none (and of `orthoguard directions`)
+    subspace_k: int | None = Field(None, gt=0)  # fixed k for `subspace`; None: the smallest k reaching the energy
+    subspace_energy: float = Field(0.9, gt=0, le=1)
+    # activation: difference of mean residual-stream activations (harmful - harmless instructions) at the last
+    # prompt token, after this layer (a fraction of the depth in (0, 1), or a layer index >= 1)
+    activation_layer: float = Field(0.5, gt=0)
+    activation_prompts: int = Field(64, gt=1)
 
 
 class AttackVariant(Strict):
     name: str
     mode: Literal["vanilla", "orthogonal"] = "vanilla"
+    directions: Family | None = None  # orthogonal: the family (default: directions.kind)
+    random: bool = False  # orthogonal: a random control of that family (same shapes and ranks)
+    at: Literal["gradient", "update"] = "update"  # where the projection is enforced (the seed's: gradient)
     # per-variant changes to attack.training (the seed trains vanilla for 10 epochs and orthogonal for 3)
     training: dict[str, Any] = Field(default_factory=dict)
+
+    def family(self, default: str) -> str:
+        return self.directions or default
+
+    def directions_key(self, default: str) -> str:
+        """The name of the direction file this variant projects against."""
+        return ("random-" if self.random else "") + self.family(default)
 
     @model_validator(mode="after")
     def _known_training_keys(self) -> "AttackVariant":

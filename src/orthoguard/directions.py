@@ -1,24 +1,29 @@
-"""Refusal directions in parameter space, saved as safetensors with metadata.
+"""Refusal directions, by family, saved as safetensors with metadata. dW_ref = (alpha/r) B_ref A_ref per module.
 
-Family ``lora_factors`` is the seed's definition: every LoRA tensor (A and B of each target module) of the
-refusal adapter, divided by its Frobenius norm.
+- ``lora_factors`` (the seed's): every LoRA tensor of the refusal adapter, divided by its norm.
+- ``delta_w``: per module U = dW_ref / ||dW_ref||_F, kept as L @ R (never a dense d_out x d_in matrix).
+- ``subspace``: per module the top-k left singular vectors U_k of dW_ref.
+- ``activation``: the refusal direction r in the residual stream (difference of mean activations), for the
+  modules that write into it (o_proj, down_proj).
+- a random control of any family: same keys, shapes and ranks, random content (``random_like``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from orthoguard.config import DirectionsConfig
 from orthoguard.errors import DirectionError
 from orthoguard.io import atomic_path
 
 _ADAPTER_NAME = re.compile(r"\.(lora_[AB])\.[^.]+\.weight$")
-FAMILIES = ("lora_factors",)
 
 
 def canonical_name(name: str) -> str:
@@ -38,25 +43,133 @@ def adapter_base_model(adapter_dir: str | Path) -> str | None:
     return json.loads(cfg.read_text()).get("base_model_name_or_path") if cfg.is_file() else None
 
 
-def lora_factor_directions(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+def module_factors(adapter_dir: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module: (A, B)} of a saved LoRA adapter, in fp32 (A: r x d_in, B: d_out x r)."""
+    tensors = adapter_tensors(adapter_dir)
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        match = re.search(r"\.lora_([AB])\.weight$", canonical_name(name))
+        if match:
+            modules.setdefault(canonical_name(name)[: match.start()], {})[match.group(1)] = tensor.float()
+    incomplete = sorted(m for m, f in modules.items() if set(f) != {"A", "B"})
+    if incomplete:
+        raise DirectionError(f"{adapter_dir}: module {incomplete[0]} lacks lora_A or lora_B")
+    if not modules:
+        raise DirectionError(f"{adapter_dir}: the adapter has no LoRA tensors")
+    return {m: (f["A"], f["B"]) for m, f in modules.items()}
+
+
+def lowrank_norm(L: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """||L @ R||_F without forming the d_out x d_in product."""
+    return torch.sqrt(torch.clamp(torch.trace((L.T @ L) @ (R @ R.T)), min=0))
+
+
+def left_singular(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and singular values of B @ A, through a QR of B (cheap: rank r)."""
+    Q, Rb = torch.linalg.qr(B)
+    U_small, S, _ = torch.linalg.svd(Rb @ A, full_matrices=False)
+    return Q @ U_small, S
+
+
+def choose_k(S: torch.Tensor, k: int | None, energy: float) -> int:
+    if k is not None:
+        return max(1, min(k, int((S > 0).sum())))
+    cumulative = torch.cumsum(S**2, 0) / torch.clamp((S**2).sum(), min=1e-30)
+    return int(torch.searchsorted(cumulative, torch.tensor(energy - 1e-9)).item()) + 1
+
+
+FamilyBuilder = Callable[[dict[str, tuple[torch.Tensor, torch.Tensor]], DirectionsConfig], dict[str, torch.Tensor]]
+FAMILIES: dict[str, FamilyBuilder] = {}
+
+
+def register_family(name: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
+    def register(fn: FamilyBuilder) -> FamilyBuilder:
+        FAMILIES[name] = fn
+        return fn
+
+    return register
+
+
+@register_family("lora_factors")
+def lora_factor_directions(factors, settings=None) -> dict[str, torch.Tensor]:
     """The seed's directions: each LoRA factor of the adapter, normalized (zero tensors are skipped)."""
     directions = {}
-    for name, tensor in adapter_tensors(adapter_dir).items():
-        if ".lora_A." not in name and ".lora_B." not in name:
-            continue
-        tensor = tensor.float()
-        norm = tensor.norm()
-        if norm > 0:
-            directions[canonical_name(name)] = (tensor / norm).contiguous()
-    if not directions:
-        raise DirectionError(f"{adapter_dir}: the adapter has no non-zero LoRA tensors")
+    for module, (A, B) in factors.items():
+        for which, tensor in (("A", A), ("B", B)):
+            if tensor.norm() > 0:
+                directions[f"{module}.lora_{which}.weight"] = (tensor / tensor.norm()).contiguous()
     return directions
 
 
-def compute_directions(kind: str, adapter_dir: str | Path) -> dict[str, torch.Tensor]:
-    if kind == "lora_factors":
-        return lora_factor_directions(adapter_dir)
-    raise DirectionError(f"unknown direction family '{kind}' (known: {', '.join(FAMILIES)})")
+@register_family("delta_w")
+def delta_w_directions(factors, settings=None) -> dict[str, torch.Tensor]:
+    """Per module U = dW_ref / ||dW_ref||_F = L @ R with L = B / ||B A||_F and R = A (the LoRA scale cancels)."""
+    out = {}
+    for module, (A, B) in factors.items():
+        norm = lowrank_norm(B, A)
+        if norm > 0:
+            out[f"{module}.L"], out[f"{module}.R"] = (B / norm).contiguous(), A.contiguous()
+    return out
+
+
+@register_family("subspace")
+def subspace_directions(factors, settings: DirectionsConfig) -> dict[str, torch.Tensor]:
+    """Per module the top-k left singular vectors of dW_ref (k fixed, or the smallest k reaching the energy)."""
+    out = {}
+    for module, (A, B) in factors.items():
+        U, S = left_singular(A, B)
+        if S.numel() and S[0] > 0:
+            out[f"{module}.U"] = U[:, : choose_k(S, settings.subspace_k, settings.subspace_energy)].contiguous()
+    return out
+
+
+def activation_directions(direction: torch.Tensor, module_shapes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """The residual-stream refusal direction r, as a one-column subspace for every module writing into the stream."""
+    r = (direction.float() / direction.float().norm()).reshape(-1, 1)
+    writers = {m: d for m, d in module_shapes.items() if m.endswith(("o_proj", "down_proj"))}
+    bad = sorted(m for m, d in writers.items() if d != r.shape[0])
+    if bad:
+        raise DirectionError(f"module {bad[0]} writes {writers[bad[0]]} features, the direction has {r.shape[0]}")
+    return {f"{m}.U": r.clone() for m in writers}
+
+
+def random_like(directions: dict[str, torch.Tensor], family: str, seed: int) -> dict[str, torch.Tensor]:
+    """A control: random directions with the same keys, shapes and ranks as ``directions`` of ``family``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def gaussian(shape):
+        return torch.randn(*shape, generator=g)
+
+    out = {}
+    if family == "activation":  # one shared random direction, like the one shared refusal direction
+        first = next(iter(directions.values()))
+        r = gaussian(first.shape)
+        r /= r.norm()
+        return {k: r.clone() for k in directions}
+    for key in sorted(directions):
+        t = directions[key]
+        if family == "lora_factors":
+            x = gaussian(t.shape)
+            out[key] = x / x.norm()
+        elif family == "subspace":
+            out[key] = torch.linalg.qr(gaussian(t.shape))[0]
+        elif family == "delta_w" and key.endswith(".L"):
+            module = key[: -len(".L")]
+            L, R = gaussian(t.shape), gaussian(directions[f"{module}.R"].shape)
+            out[key], out[f"{module}.R"] = L / lowrank_norm(L, R), R
+        elif family != "delta_w":
+            raise DirectionError(f"no random control for family '{family}'")
+    return out
+
+
+def compute_directions(kind: str, adapter_dir: str | Path, settings: DirectionsConfig | None = None) -> dict[str, torch.Tensor]:
+    """Directions of a weight-space family from the refusal adapter (``activation`` needs a model: see pipeline)."""
+    if kind not in FAMILIES:
+        raise DirectionError(f"unknown direction family '{kind}' (known: {', '.join(sorted(FAMILIES))})")
+    directions = FAMILIES[kind](module_factors(adapter_dir), settings or DirectionsConfig())
+    if not directions:
+        raise DirectionError(f"{adapter_dir}: the adapter has no non-zero LoRA tensors")
+    return directions
 
 
 def save_directions(path: str | Path, directions: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

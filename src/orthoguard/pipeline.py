@@ -18,16 +18,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from orthoguard import data as D
 from orthoguard.config import AttackVariant, ExperimentConfig, dump_config
-from orthoguard.directions import compute_directions, load_directions, save_directions
+from orthoguard.diagnostics import weight_diagnostics
+from orthoguard.directions import (activation_directions, compute_directions, load_directions, module_factors,
+                                   random_like, save_directions)
 from orthoguard.errors import DataError
-from orthoguard.generation import GenerationSettings, generate
+from orthoguard.generation import GenerationSettings, chat_prompt, generate
 from orthoguard.io import read_json, read_jsonl, write_json, write_jsonl, write_text
 from orthoguard.judges import get_judge, judge_records
 from orthoguard.metrics import format_rate, rate_summary
 from orthoguard.models import apply_adapters, load_model, load_tokenizer, resolve_precision
-from orthoguard.training import train_lora
+from orthoguard.training import ProjectionSpec, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,14 @@ class Run:
     def log_path(self, mode: str) -> Path:
         return self.path("logs", f"training_loss_{mode}.json")
 
-    @property
-    def directions_path(self) -> Path:
-        return self.paths.get("directions", self.path("directions", f"refusal.{self.cfg.directions.kind}.safetensors"))
+    def directions_path(self, key: str) -> Path:
+        """The direction file of a family ("subspace") or of its random control ("random-subspace")."""
+        return self.paths.get("directions", self.path("directions", f"refusal.{key}.safetensors"))
+
+    def direction_keys(self) -> list[str]:
+        default = self.cfg.directions.kind
+        keys = {v.directions_key(default) for v in self.cfg.attack.variants if v.mode == "orthogonal"}
+        return sorted(keys) or [default]
 
     def stage(self, name: str, payload: Any, upstream: list[str], outputs: list[Path], fn: Callable[[], Any],
               force: bool = False, enabled: bool = True):
@@ -171,7 +180,7 @@ def _samples_to_records(samples) -> list[dict]:
     return [{"question": s.question, "source": s.source, "messages": list(s.messages)} for s in samples]
 
 
-def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], directions=None, log_config=None):
+def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], projection=None, log_config=None):
     cfg = run.cfg
     model, tokenizer, precision = _base_model_and_tokenizer(cfg, adapters_below)
     dataset, dropped = D.build_sft_dataset(tokenizer, samples, train_cfg.max_length)
@@ -179,7 +188,7 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
         log.warning("%s: %d samples dropped (prompt longer than max_length %d)", mode, dropped, train_cfg.max_length)
     result = train_lora(
         model, tokenizer, dataset, train_cfg, adapter_dir=adapter, log_path=run.log_path(mode), mode=mode,
-        seed=cfg.seed, precision=precision, directions=directions, log_config=log_config,
+        seed=cfg.seed, precision=precision, projection=projection, log_config=log_config,
     )
     del model
     gc.collect()
@@ -198,10 +207,50 @@ def stage_refusal(run: Run) -> None:
 
 
 def stage_directions(run: Run) -> None:
+    """Every direction file the orthogonal variants need: families and their random controls."""
     cfg = run.cfg
-    directions = compute_directions(cfg.directions.kind, run.adapter("refusal"))
-    save_directions(run.directions_path, directions, {"family": cfg.directions.kind, "base_model": cfg.model.name,
-                                                      "adapter": str(run.adapter("refusal"))})
+    for key in run.direction_keys():
+        family = key.removeprefix("random-")
+        directions = family_directions(run, family)
+        if key.startswith("random-"):
+            directions = random_like(directions, family, seed=cfg.seed + 7919)
+        save_directions(run.directions_path(key), directions, {
+            "family": family, "random_control": str(key.startswith("random-")), "base_model": cfg.model.name,
+            "adapter": str(run.adapter("refusal"))})
+
+
+def family_directions(run: Run, family: str) -> dict:
+    if family != "activation":
+        return compute_directions(family, run.adapter("refusal"), run.cfg.directions)
+    model, tokenizer, _ = _base_model_and_tokenizer(run.cfg, attacked_adapters(run))
+    n = run.cfg.directions.activation_prompts
+    r, layer = refusal_activation_direction(model, tokenizer, D.load_harmful_instructions("train")[:n],
+                                            D.load_harmless("train")[:n], run.cfg.directions.activation_layer)
+    log.info("activation direction from layer %d, %d + %d prompts", layer, n, n)
+    shapes = {m: B.shape[0] for m, (_, B) in module_factors(run.adapter("refusal")).items()}
+    del model
+    return activation_directions(r, shapes)
+
+
+@torch.inference_mode()
+def refusal_activation_direction(model, tokenizer, harmful: list[str], harmless: list[str], layer: float, batch_size: int = 16):
+    """Difference of mean residual-stream activations at the last prompt token (Arditi et al. 2024)."""
+    n_layers = model.config.num_hidden_layers
+    index = int(layer) if layer >= 1 else max(1, round(layer * n_layers))
+    if index > n_layers:
+        raise DataError(f"directions.activation_layer {layer} is beyond the model's {n_layers} layers")
+    tokenizer.padding_side = "left"
+
+    def mean_activation(prompts: list[str]) -> torch.Tensor:
+        total = None
+        for start in range(0, len(prompts), batch_size):
+            texts = [chat_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            hidden = model(**batch, output_hidden_states=True).hidden_states[index][:, -1, :].float().sum(0)
+            total = hidden if total is None else total + hidden
+        return total / len(prompts)
+
+    return (mean_activation(harmful) - mean_activation(harmless)).cpu(), index
 
 
 def attack_samples(run: Run) -> list:
@@ -230,10 +279,20 @@ def stage_attack(run: Run, variant: AttackVariant) -> None:
     samples = attack_samples(run)
     write_jsonl(run.path("data", "attack.jsonl"), _samples_to_records(samples))
     train_cfg = cfg.attack.training_for(variant)
-    directions = load_directions(run.directions_path)[0] if variant.mode == "orthogonal" else None
+    projection = None
+    if variant.mode == "orthogonal":
+        directions, meta = load_directions(run.directions_path(variant.directions_key(cfg.directions.kind)))
+        projection = ProjectionSpec(directions, meta.get("family", variant.family(cfg.directions.kind)), variant.at)
     log_config = {"variant": variant.model_dump(mode="json"), "target": cfg.attack.target, **train_cfg.model_dump(mode="json")}
-    _train_stage(run, samples, train_cfg, run.adapter(f"attack-{variant.name}"), variant.name, attacked_adapters(run),
-                 directions=directions, log_config=log_config)
+    adapter = run.adapter(f"attack-{variant.name}")
+    _train_stage(run, samples, train_cfg, adapter, variant.name, attacked_adapters(run), projection=projection,
+                 log_config=log_config)
+    if run.adapter("refusal").is_dir():
+        log_path = run.log_path(variant.name)
+        record = read_json(log_path)
+        d = cfg.directions
+        record["diagnostics"] = weight_diagnostics(adapter, run.adapter("refusal"), d.subspace_k, d.subspace_energy)
+        write_json(log_path, record)
 
 
 def evaluated_models(run: Run) -> dict[str, list[Path]]:
@@ -327,10 +386,12 @@ def run_pipeline(
          [run.path("data", "benign.jsonl")], lambda: stage_benign(run)),
         ("refusal", {"model": model, "train": cfg.refusal.model_dump(mode="json")}, ["data", "benign"],
          [run.adapter("refusal"), run.log_path("refusal")], lambda: stage_refusal(run)),
-        ("directions", cfg.directions.model_dump(mode="json"), ["refusal"], [run.directions_path], lambda: stage_directions(run)),
+        ("directions", {"settings": cfg.directions.model_dump(mode="json"), "keys": run.direction_keys(), "model": model,
+                        "target": cfg.attack.target}, ["refusal"],
+         [run.directions_path(k) for k in run.direction_keys()], lambda: stage_directions(run)),
     ]
     for variant in cfg.attack.variants:
-        payload = {"model": model, "target": cfg.attack.target, "mode": variant.mode,
+        payload = {"model": model, "target": cfg.attack.target, "variant": variant.model_dump(mode="json"),
                    "train": cfg.attack.training_for(variant).model_dump(mode="json"),
                    "synthetic_data_path": cfg.data.synthetic_data_path}
         steps.append((f"attack:{variant.name}", payload, ["data", "synth", "refusal", "directions"],

@@ -1,62 +1,239 @@
-"""Projection of LoRA gradients away from refusal directions (the seed's orthogonal mode).
+"""Constraints that keep an attack LoRA's weight change away from the refusal change.
 
-For a trainable tensor with gradient g and its direction u:  g' = g - (<g, u> / ||u||^2) u.
+One constraint per LoRA tensor or module, by direction family (see ``directions.py`` for how each is built):
+
+- ``lora_factors`` (the seed's): per LoRA tensor p with unit direction u:   <p - p0, u> = 0
+- ``delta_w``: per module, U = dW_ref / ||dW_ref||_F (kept low-rank as L @ R):   <B A, U>_F = 0
+- ``subspace`` / ``activation``: per module, orthonormal U_k (d_out x k):   U_k^T B = 0  (so U_k^T B A = 0)
+
+Where the constraint is enforced (``at``):
+
+- ``gradient``: the gradient is projected before ``optimizer.step()`` (the seed's). AdamW's per-coordinate scaling,
+  momentum and weight decay act after that, so the step actually taken is not orthogonal: the constraint drifts.
+- ``update``: after the step, the forbidden component of the change is removed (for these linear constraints,
+  equivalently, the parameters are re-projected), so the constraint holds exactly whatever the optimizer did.
+
+For ``delta_w`` the constraint is bilinear in (A, B): at ``update`` B is projected against M = U A^T for the current
+A, which makes <B A, U> = <B, U A^T> = 0 exactly; at ``gradient`` both gradients are projected on the tangent space
+(B's against U A^T, A's against B^T U), which holds only to first order.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
 
 import torch
 
 from orthoguard.directions import canonical_name
 from orthoguard.errors import DirectionError
 
+AT = ("gradient", "update")
+
 
 def project_out(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Return g with its component along u removed (u need not be unit-norm)."""
-    return g - (torch.sum(g * u) / torch.sum(u * u)) * u
+    denom = torch.sum(u * u)
+    return g if denom == 0 else g - (torch.sum(g * u) / denom) * u
 
 
-def match_directions(
-    named_params: dict[str, torch.nn.Parameter], directions: dict[str, torch.Tensor]
-) -> dict[str, tuple[torch.nn.Parameter, torch.Tensor]]:
-    """Pair every trainable parameter with its direction; any gap or shape mismatch is an error naming it."""
-    trainable = {canonical_name(n): p for n, p in named_params.items() if p.requires_grad}
-    unused = sorted(set(directions) - set(trainable))
-    unmatched = sorted(set(trainable) - set(directions))
-    if not set(directions) & set(trainable):
+def project_out_columns(g: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Return (I - U U^T) g for U with orthonormal columns (d_out x k), g of shape d_out x r."""
+    return g - U @ (U.T @ g)
+
+
+@dataclass
+class FactorConstraint:
+    """The seed's: one unit direction per LoRA tensor."""
+
+    param: torch.nn.Parameter
+    u: torch.Tensor
+    initial: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.initial = self.param.detach().float().clone()
+
+    def project_gradient_(self) -> None:
+        if self.param.grad is not None:
+            self.param.grad.copy_(project_out(self.param.grad.float(), self.u))
+
+    def project_update_(self) -> None:
+        change = self.param.detach().float() - self.initial
+        self.param.data.copy_(self.initial + project_out(change, self.u))
+
+    def params(self):
+        return [self.param]
+
+
+@dataclass
+class OutputSubspaceConstraint:
+    """U^T B = 0 for a module's LoRA B (families subspace, activation)."""
+
+    B: torch.nn.Parameter
+    U: torch.Tensor
+    initial: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.initial = self.B.detach().float().clone()
+
+    def project_gradient_(self) -> None:
+        if self.B.grad is not None:
+            self.B.grad.copy_(project_out_columns(self.B.grad.float(), self.U))
+
+    def project_update_(self) -> None:
+        change = self.B.detach().float() - self.initial
+        self.B.data.copy_(self.initial + project_out_columns(change, self.U))
+
+    def params(self):
+        return [self.B]
+
+
+@dataclass
+class DeltaWConstraint:
+    """<B A, U>_F = 0 with U = L @ R (never materialised as d_out x d_in)."""
+
+    A: torch.nn.Parameter
+    B: torch.nn.Parameter
+    L: torch.Tensor  # d_out x r_ref
+    R: torch.Tensor  # r_ref x d_in
+
+    def _m(self) -> torch.Tensor:  # U A^T, d_out x r
+        return self.L @ (self.R @ self.A.detach().float().T)
+
+    def _n(self) -> torch.Tensor:  # B^T U, r x d_in
+        return (self.B.detach().float().T @ self.L) @ self.R
+
+    def project_gradient_(self) -> None:
+        if self.B.grad is not None:
+            self.B.grad.copy_(project_out(self.B.grad.float(), self._m()))
+        if self.A.grad is not None:
+            self.A.grad.copy_(project_out(self.A.grad.float(), self._n()))
+
+    def project_update_(self) -> None:
+        self.B.data.copy_(project_out(self.B.detach().float(), self._m()))
+
+    def params(self):
+        return [self.A, self.B]
+
+
+Constraint = FactorConstraint | OutputSubspaceConstraint | DeltaWConstraint
+_LORA = re.compile(r"\.lora_[AB]\.weight$")
+
+
+def lora_modules(named_params: dict[str, torch.nn.Parameter]) -> dict[str, dict[str, torch.nn.Parameter]]:
+    """Trainable LoRA parameters grouped by module: {module: {"A": param, "B": param}}."""
+    modules: dict[str, dict[str, torch.nn.Parameter]] = {}
+    for name, param in named_params.items():
+        name = canonical_name(name)
+        if param.requires_grad and _LORA.search(name):
+            modules.setdefault(_LORA.sub("", name), {})[name[-8]] = param  # "…lora_A.weight"[-8] == "A"
+    return modules
+
+
+def _check_match(wanted: set[str], available: set[str], what: str, example_param: str) -> None:
+    if not wanted & available:
         raise DirectionError(
-            f"the direction file matches no trainable parameter (e.g. direction '{next(iter(sorted(directions)), '-')}' "
-            f"vs parameter '{next(iter(sorted(trainable)), '-')}'): was it computed for another model or adapter layout?"
+            f"the direction file matches no trainable parameter (e.g. direction '{min(wanted, default='-')}' "
+            f"vs parameter '{example_param}'): was it computed for another model or adapter layout?"
         )
-    if unused or unmatched:
-        names = (unmatched or unused)[:3]
-        what = "trainable parameters without a direction" if unmatched else "directions without a trainable parameter"
-        raise DirectionError(f"{len(unmatched or unused)} {what}, e.g. {', '.join(names)}")
-    pairs = {}
-    for name, param in trainable.items():
-        u = directions[name]
-        if tuple(u.shape) != tuple(param.shape):
-            raise DirectionError(f"direction '{name}' has shape {tuple(u.shape)} but the parameter has {tuple(param.shape)}")
-        pairs[name] = (param, u.to(device=param.device, dtype=torch.float32))
-    return pairs
+    missing, extra = sorted(available - wanted), sorted(wanted - available)
+    if missing:
+        raise DirectionError(f"{len(missing)} trainable {what} without a direction, e.g. {', '.join(missing[:3])}")
+    if extra:
+        raise DirectionError(f"{len(extra)} directions without a trainable {what.rstrip('s')}, e.g. {', '.join(extra[:3])}")
 
 
-class GradientProjector:
-    """Removes each direction's component from its parameter's gradient, in place."""
+def _check_shape(name: str, got: tuple, want: tuple) -> None:
+    if tuple(got) != tuple(want):
+        raise DirectionError(f"direction '{name}' has shape {tuple(got)} but the parameter needs {tuple(want)}")
 
-    def __init__(self, named_params: dict[str, torch.nn.Parameter], directions: dict[str, torch.Tensor]):
-        self.pairs = match_directions(named_params, directions)
+
+def build_constraints(
+    named_params: dict[str, torch.nn.Parameter], directions: dict[str, torch.Tensor], family: str
+) -> list[Constraint]:
+    """Pair the trainable LoRA tensors with a direction file of ``family``; any gap or mismatch is an error."""
+    modules = lora_modules(named_params)
+    example = next(iter(sorted(modules)), "-")
+    if family == "lora_factors":
+        tensors = {canonical_name(n): p for n, p in named_params.items() if p.requires_grad}
+        _check_match(set(directions), set(tensors), "parameters", next(iter(sorted(tensors)), "-"))
+        out = []
+        for name, param in tensors.items():
+            _check_shape(name, directions[name].shape, param.shape)
+            out.append(FactorConstraint(param, directions[name].to(param.device, torch.float32)))
+        return out
+    if family == "delta_w":
+        wanted = {k[: -len(".L")] for k in directions if k.endswith(".L")}
+        _check_match(wanted, set(modules), "modules", example)
+        out = []
+        for name in sorted(wanted):
+            A, B = modules[name]["A"], modules[name]["B"]
+            L, R = directions[f"{name}.L"], directions[f"{name}.R"]
+            _check_shape(f"{name}.L", (L.shape[0], R.shape[1]), (B.shape[0], A.shape[1]))
+            out.append(DeltaWConstraint(A, B, L.to(B.device, torch.float32), R.to(B.device, torch.float32)))
+        return out
+    if family in ("subspace", "activation"):
+        wanted = {k[: -len(".U")] for k in directions if k.endswith(".U")}
+        # activation constrains only the modules that write into the residual stream; the rest train freely
+        available = set(modules) if family == "subspace" else {m for m in modules if m.endswith(("o_proj", "down_proj"))}
+        _check_match(wanted, available, "modules", example)
+        out = []
+        for name in sorted(wanted):
+            B, U = modules[name]["B"], directions[f"{name}.U"]
+            _check_shape(f"{name}.U", (U.shape[0],), (B.shape[0],))
+            out.append(OutputSubspaceConstraint(B, U.to(B.device, torch.float32)))
+        return out
+    raise DirectionError(f"unknown direction family '{family}'")
+
+
+class Projector:
+    """Applies a family's constraints at the gradient or after the update, and measures what it removed."""
+
+    def __init__(self, constraints: list[Constraint], at: str = "update"):
+        if at not in AT:
+            raise DirectionError(f"projection.at must be one of {AT}, got '{at}'")
+        self.constraints, self.at = constraints, at
+        self.params = [p for c in constraints for p in c.params()]
+        self._before: list[torch.Tensor] = []
 
     @torch.no_grad()
+    def before_step(self) -> dict[str, float]:
+        """Call after clipping, before ``optimizer.step()``."""
+        if self.at == "update":
+            self._before = [p.detach().float().clone() for p in self.params]
+            return {}
+        grads = [p.grad.detach().float().clone() if p.grad is not None else None for p in self.params]
+        for c in self.constraints:
+            c.project_gradient_()
+        return {"grad_removed_frac": _removed_frac(grads, [p.grad for p in self.params])}
+
+    @torch.no_grad()
+    def after_step(self) -> dict[str, float]:
+        """Call right after ``optimizer.step()``."""
+        if self.at != "update":
+            return {}
+        stepped = [p.detach().float().clone() for p in self.params]
+        for c in self.constraints:
+            c.project_update_()
+        changes = [s - b for s, b in zip(stepped, self._before)]
+        kept = [p.detach().float() - b for p, b in zip(self.params, self._before)]
+        return {"update_removed_frac": _removed_frac(changes, kept)}
+
+
+def _removed_frac(before: list, after: list) -> float:
+    total = removed = 0.0
+    for b, a in zip(before, after):
+        if b is None:
+            continue
+        total += float(b.pow(2).sum())
+        removed += float((b - a.float()).pow(2).sum())
+    return (removed / total) ** 0.5 if total > 0 else 0.0
+
+
+# Kept for callers of the seed-compatible API.
+class GradientProjector(Projector):
+    def __init__(self, named_params: dict[str, torch.nn.Parameter], directions: dict[str, torch.Tensor]):
+        super().__init__(build_constraints(named_params, directions, "lora_factors"), at="gradient")
+
     def project_(self) -> dict[str, float]:
-        """Project every gradient; return the fraction of the gradient norm that was removed."""
-        before = removed = 0.0
-        for param, u in self.pairs.values():
-            if param.grad is None:
-                continue
-            g = param.grad.float()
-            projected = project_out(g, u)
-            before += float(g.pow(2).sum())
-            removed += float((g - projected).pow(2).sum())
-            param.grad.copy_(projected.to(param.grad.dtype))
-        return {"grad_removed_frac": (removed / before) ** 0.5 if before > 0 else 0.0}
+        return self.before_step()

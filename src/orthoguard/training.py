@@ -27,7 +27,7 @@ from transformers import (
 from orthoguard.config import TrainConfig
 from orthoguard.io import write_json
 from orthoguard.models import Precision, lora_config
-from orthoguard.projection import GradientProjector
+from orthoguard.projection import Projector, build_constraints
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,29 @@ class LossLog(TrainerCallback):
             self.pending = {}
 
 
-class ProjectGradients(TrainerCallback):
-    """Orthogonal mode: project gradients after clipping, before the optimizer step."""
+class Project(TrainerCallback):
+    """Orthogonal mode: enforce the constraints around every optimizer step.
 
-    def __init__(self, projector: GradientProjector, loss_log: LossLog) -> None:
+    The Trainer clips (after unscaling, under mixed precision) before ``on_pre_optimizer_step``, so the gradient
+    projection sees the gradient that the optimizer will use; the update projection runs right after the step.
+    """
+
+    def __init__(self, projector: Projector, loss_log: LossLog) -> None:
         self.projector = projector
         self.loss_log = loss_log
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.loss_log.pending.update(self.projector.project_())
+        self.loss_log.pending.update(self.projector.before_step())
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.loss_log.pending.update(self.projector.after_step())
+
+
+@dataclass(frozen=True)
+class ProjectionSpec:
+    directions: dict
+    family: str = "lora_factors"
+    at: str = "update"
 
 
 @dataclass
@@ -117,13 +131,13 @@ def train_lora(
     mode: str,
     seed: int,
     precision: Precision,
-    directions: dict | None = None,
+    projection: ProjectionSpec | None = None,
     log_config: dict[str, Any] | None = None,
     callbacks: list[TrainerCallback] = (),
 ) -> TrainResult:
     """Wrap ``model`` in a fresh LoRA, train it on ``dataset`` and save the adapter and the loss log.
 
-    With ``directions`` the gradients are projected orthogonally to them at every optimizer step.
+    With ``projection`` every optimizer step is constrained away from the refusal directions.
     """
     from peft import get_peft_model
 
@@ -135,9 +149,9 @@ def train_lora(
     tokenizer.padding_side = "right"
     loss_log = LossLog()
     all_callbacks: list[TrainerCallback] = [loss_log]
-    if directions is not None:
-        projector = GradientProjector(dict(peft_model.named_parameters()), directions)
-        all_callbacks.append(ProjectGradients(projector, loss_log))
+    if projection is not None:
+        constraints = build_constraints(dict(peft_model.named_parameters()), projection.directions, projection.family)
+        all_callbacks.append(Project(Projector(constraints, projection.at), loss_log))
     all_callbacks.extend(callbacks)  # after the projection, so they see the gradients that are applied
 
     adapter_dir, log_path = Path(adapter_dir), Path(log_path)
