@@ -20,6 +20,7 @@ from orthoguard.io import read_jsonl, write_jsonl
 class Verdict:
     refused: bool | None  # None when the judge could not decide (then error is set)
     error: str | None = None  # e.g. "empty response", "judge_error: unparseable verdict"
+    score: float | None = None  # a graded harm score in [0, 1] where the protocol gives one (StrongREJECT)
 
 
 class Judge(Protocol):
@@ -60,13 +61,15 @@ def strip_thinking(text: str) -> str:
 
 
 def judge_records(records: list[dict], judge: Judge) -> list[dict]:
-    """Copies of ``records`` with ``refused`` (bool or None) and, when the verdict has one, ``judge_error``
-    (a ``judge_error`` left by an earlier judging is replaced)."""
+    """Copies of ``records`` with ``refused`` (bool or None) and, when the verdict has them, ``score`` and
+    ``judge_error`` (a ``score`` or ``judge_error`` left by an earlier judging is replaced)."""
     out = []
     for record in records:
         verdict = judge.judge(record["prompt"], record["response"])
-        judged = {k: v for k, v in record.items() if k != "judge_error"}
+        judged = {k: v for k, v in record.items() if k not in ("judge_error", "score")}
         judged["refused"] = verdict.refused
+        if verdict.score is not None:
+            judged["score"] = verdict.score
         if verdict.error is not None:
             judged["judge_error"] = verdict.error
         out.append(judged)
