@@ -27,7 +27,8 @@ def _config(tmp_path, model_dir, **extra):
                                 {"name": "subspace", "mode": "orthogonal", "directions": "subspace"},
                                 {"name": "subspace-random", "mode": "orthogonal", "directions": "subspace", "random": True},
                                 {"name": "delta_w", "mode": "orthogonal", "directions": "delta_w"},
-                                {"name": "activation", "mode": "orthogonal", "directions": "activation"}]},
+                                {"name": "activation", "mode": "orthogonal", "directions": "activation"},
+                                {"name": "regularized", "mode": "regularized", "directions": "delta_w", "reg_lambda": 10.0}]},
         "evaluation": {"max_new_tokens": 8, "batch_size": 4},
     }
     for dotted, value in extra.items():
@@ -61,7 +62,10 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     assert attack_questions <= set(splits["attack"])
 
     results = json.loads((run / "results/local_refusal_test.json").read_text())
-    assert set(results) == {"base", "aligned", "vanilla", "orthogonal", "subspace", "subspace-random", "delta_w", "activation"}
+    assert set(results) == {"base", "aligned", "vanilla", "orthogonal", "subspace", "subspace-random", "delta_w", "activation",
+                            "regularized"}
+    assert (run / "adapters/blue").is_dir() and (run / "adapters/red").is_dir()
+    assert (run / "directions/refusal.blue-red.delta_w.safetensors").is_file()
     for name, r in results.items():
         assert r["model_name"] == name and r["total_prompts"] == 6 == len(r["results"])
         assert r["refusals"] == sum(x["refused"] is True for x in r["results"])

@@ -106,10 +106,11 @@ class DirectionsConfig(Strict):
 
 class AttackVariant(Strict):
     name: str
-    mode: Literal["vanilla", "orthogonal"] = "vanilla"
-    directions: Family | None = None  # orthogonal: the family (default: directions.kind)
+    mode: Literal["vanilla", "orthogonal", "regularized"] = "vanilla"
+    directions: Family | None = None  # orthogonal/regularized: the family (default: directions.kind)
     random: bool = False  # orthogonal: a random control of that family (same shapes and ranks)
-    at: Literal["gradient", "update"] = "update"  # where the projection is enforced (the seed's: gradient)
+    at: Literal["gradient", "update"] = "update"  # orthogonal: where the projection is enforced (seed: gradient)
+    reg_lambda: float = Field(1.0, ge=0)  # regularized: strength of (lambda/2) sum <theta - theta0, blue - red>^2
     # per-variant changes to attack.training (the seed trains vanilla for 10 epochs and orthogonal for 3)
     training: dict[str, Any] = Field(default_factory=dict)
 
@@ -119,6 +120,12 @@ class AttackVariant(Strict):
     def directions_key(self, default: str) -> str:
         """The name of the direction file this variant projects against."""
         return ("random-" if self.random else "") + self.family(default)
+
+    @model_validator(mode="after")
+    def _regularized_families(self) -> "AttackVariant":
+        if self.mode == "regularized" and (self.random or self.directions not in (None, "lora_factors", "delta_w")):
+            raise ValueError(f"variant '{self.name}': regularized mode takes directions lora_factors or delta_w, not random")
+        return self
 
     @model_validator(mode="after")
     def _known_training_keys(self) -> "AttackVariant":

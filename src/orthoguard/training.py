@@ -1,7 +1,8 @@
-"""LoRA supervised fine-tuning on the HF Trainer: refusal training and attack training (vanilla / orthogonal).
+"""LoRA supervised fine-tuning on the HF Trainer: refusal training and attack training.
 
 The Trainer owns the loop (AdamW, linear warm-up, accumulation, clipping at max_grad_norm, mixed precision).
-Orthogonal mode adds a callback that projects the gradients after clipping, just before ``optimizer.step()``.
+Orthogonal mode adds a callback that enforces the projection around each optimizer step; regularized mode adds a
+penalty to the loss (a Trainer subclass).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from orthoguard.config import TrainConfig
 from orthoguard.io import write_json
 from orthoguard.models import Precision, lora_config
 from orthoguard.projection import Projector, build_constraints
+from orthoguard.regularization import RegularizerSpec, penalty_fn
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,27 @@ class ProjectionSpec:
     directions: dict
     family: str = "lora_factors"
     at: str = "update"
+
+
+class RegularizedTrainer(Trainer):
+    """Adds a penalty on the parameters to every micro-batch loss, scaled so that one optimizer step sees it once."""
+
+    def __init__(self, *args, penalty, loss_log: LossLog, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.penalty, self.loss_log = penalty, loss_log
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        penalty = self.penalty()
+        self.loss_log.pending["reg_penalty"] = float(penalty)
+        # mirror Trainer.training_step: when the task loss is not already scaled for accumulation, it divides it
+        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
+        if scaled:
+            penalty = penalty / self.current_gradient_accumulation_steps
+        if return_outputs:
+            return result[0] + penalty, result[1]
+        return result + penalty
 
 
 @dataclass
@@ -132,6 +155,7 @@ def train_lora(
     seed: int,
     precision: Precision,
     projection: ProjectionSpec | None = None,
+    regularizer: RegularizerSpec | None = None,
     log_config: dict[str, Any] | None = None,
     callbacks: list[TrainerCallback] = (),
 ) -> TrainResult:
@@ -158,7 +182,11 @@ def train_lora(
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{adapter_dir.name}-", dir=adapter_dir.parent))
     try:
-        trainer = Trainer(
+        extra = {}
+        if regularizer is not None:
+            extra = {"penalty": penalty_fn(dict(peft_model.named_parameters()), regularizer), "loss_log": loss_log}
+        trainer = (RegularizedTrainer if regularizer is not None else Trainer)(
+            **extra,
             model=peft_model,
             args=training_arguments(cfg, str(work / "trainer"), seed, precision),
             train_dataset=dataset,
