@@ -17,11 +17,13 @@ def _config(tmp_path, model_dir, **extra):
         "output_dir": str(tmp_path / "run"),
         "model": {"name": str(model_dir), "dtype": "fp32"},
         "data": {"max_refusal_questions": 12, "max_attack_questions": 8, "max_test_prompts": 6,
-                 "benign_train_prompts": 4, "benign_eval_prompts": 3, "benign_max_new_tokens": 8},
+                 "benign_train_prompts": 4, "benign_eval_prompts": 3, "benign_max_new_tokens": 8,
+                 "benign_reference_prompts": 4, "attack_heldout_questions": 2},
         "synth": {"max_new_tokens": 12, "batch_size": 8},
         "refusal": {"max_steps": 3, "batch_size": 4, "max_length": 96, "lora": {"r": 4, "alpha": 8}},
         "directions": {"activation_prompts": 4},
-        "attack": {"training": {"max_steps": 2, "batch_size": 4, "max_length": 96, "lora": {"r": 4, "alpha": 8}},
+        "attack": {"probe_every": 1, "probe_prompts": 3, "probe_max_new_tokens": 4,
+                   "training": {"max_steps": 2, "batch_size": 4, "max_length": 96, "lora": {"r": 4, "alpha": 8}},
                    "variants": [{"name": "vanilla"},
                                 {"name": "orthogonal", "mode": "orthogonal", "directions": "lora_factors", "at": "gradient"},
                                 {"name": "subspace", "mode": "orthogonal", "directions": "subspace"},
@@ -29,7 +31,7 @@ def _config(tmp_path, model_dir, **extra):
                                 {"name": "delta_w", "mode": "orthogonal", "directions": "delta_w"},
                                 {"name": "activation", "mode": "orthogonal", "directions": "activation"},
                                 {"name": "regularized", "mode": "regularized", "directions": "delta_w", "reg_lambda": 10.0}]},
-        "evaluation": {"max_new_tokens": 8, "batch_size": 4},
+        "evaluation": {"max_new_tokens": 8, "batch_size": 4, "prompt_sets": [{"name": "xstest-safe", "limit": 3}]},
     }
     for dotted, value in extra.items():
         node = cfg
@@ -72,6 +74,7 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
         assert {"prompt", "response", "refused"} <= set(r["results"][0])
     log = json.loads((run / "logs/training_loss_orthogonal.json").read_text())
     assert [x["step"] for x in log["losses"]] == [1, 2] and "grad_removed_frac" in log["losses"][0]
+    assert [p["step"] for p in log["probes"]] == [0, 1, 2] and all(p["n"] + p["errors"] == 3 for p in log["probes"])
     log = json.loads((run / "logs/training_loss_subspace.json").read_text())
     assert "update_removed_frac" in log["losses"][0]
     # the subspace variant keeps its change out of the protected subspace; vanilla does not
@@ -79,6 +82,15 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     vanilla = json.loads((run / "logs/training_loss_vanilla.json").read_text())["diagnostics"]["overall"]
     assert vanilla["energy_in_ref_subspace"] > 1e-4
     assert "refusal on harmfulqa-test" in capsys.readouterr().out
+    summary = json.loads((run / "results/summary.json").read_text())
+    assert summary["harmful_sets"] == ["harmfulqa-test"] and summary["benign_sets"] == ["harmless-val", "xstest-safe"]
+    assert summary["controls"] == {"subspace": "subspace-random"} and summary["attacked"] == "aligned"
+    assert summary["utility"]["vanilla"]["attack_heldout_loss"] > 0 and summary["utility"]["base"]["benign_perplexity"] > 1
+    pairs = summary["mcnemar"]["harmfulqa-test"]
+    assert len(pairs) == 9 * 8 // 2 and all(0 <= p["p_value"] <= 1 for p in pairs)
+    assert "xstest-safe" in summary["categories"]["base"]
+    splits = json.loads((run / "data/splits.json").read_text())
+    assert splits["attack_heldout"] and not set(splits["attack_heldout"]) & attack_questions
 
     stamps = json.loads((run / "stages.json").read_text())
     assert main(["run", str(path)]) == 0  # everything is up to date
@@ -116,3 +128,15 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys, content, message):
 def test_missing_config_file(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_seeds_make_one_run_each(tmp_path, tiny_model_dir):
+    path = _config(tmp_path, tiny_model_dir, attack__variants=[{"name": "vanilla"}], data__benign_reference_prompts=2,
+                   evaluation__prompt_sets=[])
+    assert main(["run", str(path), "--seeds", "0,1"]) == 0
+    root = tmp_path / "run"
+    assert json.loads((root / "seeds.json").read_text()) == {"seeds": [0, 1], "runs": {"0": "seed-0", "1": "seed-1"}}
+    splits = [json.loads((root / f"seed-{s}" / "data/splits.json").read_text()) for s in (0, 1)]
+    assert splits[0]["test"] != splits[1]["test"]  # the seed changes the question split too
+    for s in (0, 1):
+        assert json.loads((root / f"seed-{s}" / "results/summary.json").read_text())["seed"] == s

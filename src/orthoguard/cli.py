@@ -80,6 +80,14 @@ def cmd_run(args) -> None:
     from orthoguard.pipeline import run_pipeline
 
     cfg = _experiment(args.config, args.set)
+    if args.seeds:
+        from orthoguard.pipeline import run_seeds
+
+        root = run_seeds(cfg, args.seeds, args.run_dir, force=args.force)
+        for seed in args.seeds:
+            print(f"seed {seed}:\n" + (root / f"seed-{seed}" / "results" / "summary.md").read_text())
+        print(f"run directory: {root} (one folder per seed)")
+        return
     run = run_pipeline(cfg, args.run_dir, force=args.force)
     print((run.path("results", "summary.md")).read_text())
     print(f"run directory: {run.root}")
@@ -150,7 +158,8 @@ def cmd_train_attack(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from orthoguard.pipeline import HARMFUL_SET, evaluate_models, run_pipeline, summary_table
+    from orthoguard.evaluation import PromptSet, evaluate_models, summary_table
+    from orthoguard.pipeline import HARMFUL_SET, run_pipeline
 
     if args.config:
         run = run_pipeline(_experiment(args.config, args.set), args.run_dir, only={"evaluate"})
@@ -175,7 +184,7 @@ def cmd_evaluate(args) -> None:
     for spec in args.adapter or []:
         name, _, path = spec.partition("=")
         models[name] = [Path(path)]
-    summary = evaluate_models(cfg, models, {HARMFUL_SET: test[: args.max_prompts]}, Path(args.output_dir))
+    summary = evaluate_models(cfg, models, [PromptSet(HARMFUL_SET, test[: args.max_prompts], harmful=True)], Path(args.output_dir))
     print(summary_table(summary))
 
 
@@ -200,15 +209,26 @@ def cmd_synth(args) -> None:
 def cmd_judge(args) -> None:
     from orthoguard.judges import get_judge, judge_jsonl
 
-    stats = judge_jsonl(args.input, args.output, get_judge(args.judge))
+    kwargs = {"endpoint": args.judge_endpoint, "model": args.judge_model} if args.judge_endpoint else {}
+    stats = judge_jsonl(args.input, args.output, get_judge(args.judge, **kwargs))
     print(f"{stats['refused']}/{stats['total']} refused, {stats['errors']} judge errors -> {args.output}")
 
 
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds expects integers separated by commas, got '{text}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds expects distinct integers, got '{text}'")
+    return seeds
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orthoguard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="orthoguard", description="Refusal LoRA, refusal directions, vanilla and orthogonal attacks, evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -223,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every stage of an experiment config")
     with_config(p, required=True)
+    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds: one full run each, e.g. 0,1,2")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("synth", help="generate compliant answers to harmful questions (the seed's synthetic data)")
@@ -268,11 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("judge", help="add a refusal verdict to each record of a JSONL file")
     p.add_argument("input", help="JSONL with 'prompt' and 'response' fields")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--judge", default="keyword")
+    p.add_argument("--judge", default="keyword", help="keyword (default), or an LLM judge with --judge-endpoint")
+    p.add_argument("--judge-endpoint", help="OpenAI-compatible base URL for an LLM judge")
+    p.add_argument("--judge-model", default="judge")
     p.set_defaults(func=cmd_judge)
 
-    from orthoguard import hub
+    from orthoguard import http_eval, hub
 
+    http_eval.register_cli(sub)
     hub.register_cli(sub)
     return parser
 

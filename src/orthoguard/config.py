@@ -73,6 +73,10 @@ class DataConfig(Strict):
     benign_train_prompts: int = Field(64, ge=0)
     benign_eval_prompts: int = Field(32, ge=0)
     benign_max_new_tokens: int = Field(128, gt=0)
+    # attack questions kept out of attack training: the attack's held-out loss (did the attack learn?)
+    attack_heldout_questions: int = Field(8, ge=0)
+    # AlpacaEval instructions with reference answers: each model's perplexity on them (benign utility)
+    benign_reference_prompts: int = Field(32, ge=0)
     synthetic_data_path: str | None = None
 
 
@@ -146,6 +150,11 @@ class AttackConfig(Strict):
         default_factory=lambda: TrainConfig(epochs=3, learning_rate=5e-4, max_length=448, lora=LoraSettings(dropout=0.0))
     )
     variants: list[AttackVariant] = Field(default_factory=_default_variants)
+    # refusal decay: every `probe_every` optimizer steps (and before and after training) the attacked model
+    # answers `probe_prompts` fixed held-out harmful prompts; 0 turns the probe off
+    probe_every: int = Field(0, ge=0)
+    probe_prompts: int = Field(16, gt=0)
+    probe_max_new_tokens: int = Field(32, gt=0)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "AttackConfig":
@@ -161,6 +170,11 @@ class AttackConfig(Strict):
         return _validate(TrainConfig, merged, f"attack.variants[{variant.name}].training")
 
 
+class PromptSetRef(Strict):
+    name: str
+    limit: int | None = Field(None, gt=0)
+
+
 class EvalConfig(Strict):
     max_new_tokens: int = Field(96, gt=0)
     batch_size: int = Field(16, gt=0)
@@ -168,6 +182,9 @@ class EvalConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     judge: Literal["keyword"] = "keyword"
+    # extra registered prompt sets (orthoguard.prompts: advbench, harmbench, jailbreakbench, strongreject,
+    # strongreject-small, xstest-safe, xstest-unsafe, mtbench) or files, each {name, limit}
+    prompt_sets: list[PromptSetRef] = Field(default_factory=list)
 
 
 class ExperimentConfig(Strict):

@@ -145,6 +145,12 @@ def apply_adapters(model: PreTrainedModel, adapters: list[str | Path]) -> PreTra
     return model
 
 
+def load_with_adapters(cfg: ModelConfig, adapters: list[str | Path] = ()):
+    """(model with ``adapters`` merged in order, tokenizer, precision)."""
+    precision = resolve_precision(cfg.dtype)
+    return apply_adapters(load_model(cfg, precision), list(adapters)), load_tokenizer(cfg), precision
+
+
 def lora_config(settings: LoraSettings):
     from peft import LoraConfig
 

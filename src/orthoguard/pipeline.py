@@ -28,11 +28,12 @@ from orthoguard.directions import (activation_directions, compute_directions, lo
 from orthoguard.errors import DataError
 from orthoguard.generation import GenerationSettings, chat_prompt, generate
 from orthoguard.io import read_json, read_jsonl, write_json, write_jsonl, write_text
-from orthoguard.judges import get_judge, judge_records
-from orthoguard.metrics import format_rate, rate_summary
-from orthoguard.models import apply_adapters, load_model, load_tokenizer, resolve_precision
+from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
+from orthoguard.judges import get_judge
+from orthoguard.prompts import load_prompt_set, prompt_set_name
+from orthoguard.models import load_with_adapters
 from orthoguard.regularization import RegularizerSpec, blue_red_directions
-from orthoguard.training import ProjectionSpec, train_lora
+from orthoguard.training import ProjectionSpec, RefusalProbe, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ def stage_data(run: Run) -> None:
     )
     caps = {"refusal": cfg.data.max_refusal_questions, "attack": cfg.data.max_attack_questions, "test": cfg.data.max_test_prompts}
     splits = {name: qs[: caps[name]] if caps[name] else qs for name, qs in splits.items()}
+    # a few attack questions are never trained on: the attack's held-out loss
+    held = min(cfg.data.attack_heldout_questions, max(len(splits["attack"]) - 1, 0))
+    splits["attack"], splits["attack_heldout"] = splits["attack"][: len(splits["attack"]) - held], splits["attack"][len(splits["attack"]) - held :]
     harmless_train, harmless_eval = D.load_harmless("train"), D.load_harmless("val")
     rng = random.Random(cfg.seed)
     benign = {
@@ -133,10 +137,7 @@ def load_splits(run: Run) -> dict[str, list[str]]:
 
 
 def _base_model_and_tokenizer(cfg: ExperimentConfig, adapters: list[Path] = ()):
-    precision = resolve_precision(cfg.model.dtype)
-    tokenizer = load_tokenizer(cfg.model)
-    model = apply_adapters(load_model(cfg.model, precision), list(adapters))
-    return model, tokenizer, precision
+    return load_with_adapters(cfg.model, adapters)
 
 
 def has_regularized(cfg: ExperimentConfig) -> bool:
@@ -150,7 +151,7 @@ def synth_questions(run: Run) -> list[str]:
         return []
     rows = D.load_harmfulqa(run.cfg.data.source, run.cfg.data.hub_split)
     splits = load_splits(run)
-    wanted = ["attack"] + (["refusal"] if has_regularized(run.cfg) else [])
+    wanted = ["attack", "attack_heldout"] + (["refusal"] if has_regularized(run.cfg) else [])
     questions = []
     for name in wanted:
         split = set(splits[name])
@@ -170,8 +171,7 @@ def stage_synth(run: Run) -> None:
 
 def synthesize(cfg: ExperimentConfig, questions: list[str]) -> list[dict[str, str]]:
     model_cfg = cfg.model.model_copy(update={"name": cfg.synth.model}) if cfg.synth.model else cfg.model
-    precision = resolve_precision(model_cfg.dtype)
-    model, tokenizer = load_model(model_cfg, precision), load_tokenizer(model_cfg)
+    model, tokenizer, _ = load_with_adapters(model_cfg)
     s = cfg.synth
     settings = GenerationSettings(s.max_new_tokens, s.batch_size, s.do_sample, s.temperature, s.top_p)
     answers = generate(model, tokenizer, questions, settings, seed=cfg.seed, desc="synth")
@@ -195,16 +195,26 @@ def _samples_to_records(samples) -> list[dict]:
 
 
 def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], projection=None,
-                 regularizer=None, log_config=None):
+                 regularizer=None, log_config=None, probe: bool = False):
     cfg = run.cfg
     model, tokenizer, precision = _base_model_and_tokenizer(cfg, adapters_below)
+    callbacks = []
+    if probe and cfg.attack.probe_every:
+        prompts = load_splits(run)["test"][: cfg.attack.probe_prompts]
+        settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size)
+        callbacks.append(RefusalProbe(tokenizer, prompts, cfg.attack.probe_every, get_judge(cfg.evaluation.judge), settings, cfg.seed))
     dataset, dropped = D.build_sft_dataset(tokenizer, samples, train_cfg.max_length)
     if dropped:
         log.warning("%s: %d samples dropped (prompt longer than max_length %d)", mode, dropped, train_cfg.max_length)
     result = train_lora(
         model, tokenizer, dataset, train_cfg, adapter_dir=adapter, log_path=run.log_path(mode), mode=mode,
         seed=cfg.seed, precision=precision, projection=projection, regularizer=regularizer, log_config=log_config,
+        callbacks=callbacks,
     )
+    if callbacks:
+        record = read_json(run.log_path(mode))
+        record["probes"] = callbacks[0].records
+        write_json(run.log_path(mode), record)
     del model
     gc.collect()
     return result
@@ -330,7 +340,7 @@ def stage_attack(run: Run, variant: AttackVariant) -> None:
     log_config = {"variant": variant.model_dump(mode="json"), "target": cfg.attack.target, **train_cfg.model_dump(mode="json")}
     adapter = run.adapter(f"attack-{variant.name}")
     _train_stage(run, samples, train_cfg, adapter, variant.name, attacked_adapters(run), projection=projection,
-                 regularizer=regularizer, log_config=log_config)
+                 regularizer=regularizer, log_config=log_config, probe=True)
     if run.adapter("refusal").is_dir():
         log_path = run.log_path(variant.name)
         record = read_json(log_path)
@@ -347,66 +357,55 @@ def evaluated_models(run: Run) -> dict[str, list[Path]]:
     return models
 
 
-def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], prompt_sets: dict[str, list[str]], judge) -> dict:
-    model, tokenizer, precision = _base_model_and_tokenizer(cfg, adapters)
-    e = cfg.evaluation
-    settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p)
-    out = {}
-    for set_name, prompts in prompt_sets.items():
-        responses = generate(model, tokenizer, prompts, settings, seed=cfg.seed, desc=f"{name}/{set_name}")
-        out[set_name] = judge_records([{"prompt": p, "response": r} for p, r in zip(prompts, responses)], judge)
-    del model
-    gc.collect()
-    return out
-
-
 def stage_evaluate(run: Run) -> dict:
+    cfg = run.cfg
     splits = load_splits(run)
-    prompt_sets = {HARMFUL_SET: splits["test"], BENIGN_SET: splits["benign_eval"]}
-    return evaluate_models(run.cfg, evaluated_models(run), prompt_sets, run.path("results"))
+    prompt_sets = [PromptSet(HARMFUL_SET, splits["test"], harmful=True), PromptSet(BENIGN_SET, splits["benign_eval"], harmful=False)]
+    for ref in cfg.evaluation.prompt_sets:
+        recs = load_prompt_set(ref.name, limit=ref.limit, seed=cfg.seed)
+        prompt_sets.append(PromptSet(prompt_set_name(ref.name), [r.prompt for r in recs], harmful=recs[0].harmful if recs else True,
+                                     ids=[str(r.id) for r in recs], categories=[r.category for r in recs]))
+    return evaluate_models(cfg, evaluated_models(run), prompt_sets, run.path("results"), utility_data(run), run_facts(run))
 
 
-def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt_sets: dict[str, list[str]], out_dir: Path) -> dict:
-    """Generate and judge every model on every prompt set; write the seed's schema, per-set JSONL and a summary."""
-    out_dir = Path(out_dir)
-    judge = get_judge(cfg.evaluation.judge)
-    seed_schema, summary = {}, {"judge": cfg.evaluation.judge, "prompt_sets": {k: len(v) for k, v in prompt_sets.items()}, "models": {}}
-    for name, adapters in models.items():
-        per_set = evaluate_model(cfg, name, adapters, prompt_sets, judge)
-        summary["models"][name] = {}
-        for set_name, records in per_set.items():
-            write_jsonl(out_dir / f"{set_name}.{name}.jsonl", records)
-            summary["models"][name][set_name] = rate_summary([r["refused"] for r in records])
-        harmful = per_set[HARMFUL_SET]
-        stats = summary["models"][name][HARMFUL_SET]
-        seed_schema[name] = {
-            "model_name": name,
-            "refusal_rate": stats["rate"],
-            "total_prompts": len(harmful),
-            "refusals": stats["k"],
-            "ci95": stats["ci95"],
-            "judge_errors": stats["errors"],
-            "prompt_set": HARMFUL_SET,
-            "adapters": [str(a) for a in adapters],
-            "results": harmful,
-        }
-    write_json(out_dir / "local_refusal_test.json", seed_schema)
-    write_json(out_dir / "summary.json", summary)
-    write_text(out_dir / "summary.md", summary_table(summary))
-    return summary
+def utility_data(run: Run) -> UtilityData:
+    cfg = run.cfg
+    rows = D.load_harmfulqa(cfg.data.source, cfg.data.hub_split)
+    synthetic = D.load_synthetic(run.path("data", "synthetic.json"))
+    heldout = D.attack_samples(rows, set(load_splits(run)["attack_heldout"]), synthetic).samples
+    return UtilityData(attack_heldout=heldout, benign_references=D.load_benign_references(cfg.data.benign_reference_prompts))
 
 
-def summary_table(summary: dict) -> str:
-    sets = list(summary["prompt_sets"])
-    head = "| model | " + " | ".join(f"refusal on {s}" for s in sets) + " |\n|---|" + "---|" * len(sets) + "\n"
-    rows = "".join(
-        f"| {name} | " + " | ".join(format_rate(per_set[s]) for s in sets) + " |\n" for name, per_set in summary["models"].items()
-    )
-    return head + rows
+def run_facts(run: Run) -> dict:
+    """What the report needs beside the rates: the attacked model, random controls, weight-space diagnostics."""
+    cfg = run.cfg
+    default = cfg.directions.kind
+    controls = {}
+    for v in cfg.attack.variants:
+        if v.random:
+            twin = [w.name for w in cfg.attack.variants if not w.random and w.mode == "orthogonal"
+                    and w.family(default) == v.family(default) and w.at == v.at]
+            if twin:
+                controls[twin[0]] = v.name
+    diagnostics = {}
+    for v in cfg.attack.variants:
+        path = run.log_path(v.name)
+        if path.is_file() and "diagnostics" in (log := read_json(path)):
+            diagnostics[v.name] = {"overall": log["diagnostics"]["overall"]}
+    return {"attacked": cfg.attack.target, "controls": controls, "diagnostics": diagnostics}
 
 
 # --------------------------------------------------------------------------------------------------------
 # The whole run
+
+
+def run_seeds(cfg: ExperimentConfig, seeds: list[int], output_dir: str | Path | None = None, force: bool = False) -> Path:
+    """One full run per seed under ``<output_dir>/seed-<s>/``, and ``seeds.json`` listing them."""
+    root = Path(output_dir or cfg.output_dir)
+    for seed in seeds:
+        run_pipeline(cfg.model_copy(update={"seed": seed}), root / f"seed-{seed}", force=force)
+    write_json(root / "seeds.json", {"seeds": seeds, "runs": {str(s): f"seed-{s}" for s in seeds}})
+    return root
 
 
 def run_pipeline(
@@ -444,6 +443,7 @@ def run_pipeline(
                       lambda: stage_blue_red_directions(run)))
     for variant in cfg.attack.variants:
         payload = {"model": model, "target": cfg.attack.target, "variant": variant.model_dump(mode="json"),
+                   "probe": [cfg.attack.probe_every, cfg.attack.probe_prompts, cfg.attack.probe_max_new_tokens],
                    "train": cfg.attack.training_for(variant).model_dump(mode="json"),
                    "synthetic_data_path": cfg.data.synthetic_data_path}
         upstream = ["data", "synth", "refusal", "directions"] + (["blue-red"] if variant.mode == "regularized" else [])
@@ -451,7 +451,7 @@ def run_pipeline(
                       [run.adapter(f"attack-{variant.name}"), run.log_path(variant.name)],
                       lambda v=variant: stage_attack(run, v)))
     eval_payload = {"evaluation": cfg.evaluation.model_dump(mode="json"), "models": sorted(evaluated_models(run))}
-    steps.append(("evaluate", eval_payload, ["data", "refusal"] + [f"attack:{v.name}" for v in cfg.attack.variants],
+    steps.append(("evaluate", eval_payload, ["data", "synth", "refusal"] + [f"attack:{v.name}" for v in cfg.attack.variants],
                   [run.path("results", "local_refusal_test.json"), run.path("results", "summary.json")],
                   lambda: stage_evaluate(run)))
 

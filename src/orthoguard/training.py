@@ -26,6 +26,8 @@ from transformers import (
 )
 
 from orthoguard.config import TrainConfig
+from orthoguard.generation import GenerationSettings, generate
+from orthoguard.metrics import rate_summary
 from orthoguard.io import write_json
 from orthoguard.models import Precision, lora_config
 from orthoguard.projection import Projector, build_constraints
@@ -72,6 +74,35 @@ class Project(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.loss_log.pending.update(self.projector.after_step())
+
+
+class RefusalProbe(TrainerCallback):
+    """Refusal decay: the model in training answers a fixed probe set before training, every ``every`` optimizer
+    steps, and at the end; each probe records the keyword judge's refusal rate with its interval."""
+
+    def __init__(self, tokenizer, prompts: list[str], every: int, judge, settings: GenerationSettings, seed: int = 0):
+        self.tokenizer, self.prompts, self.every, self.judge, self.settings, self.seed = tokenizer, prompts, every, judge, settings, seed
+        self.records: list[dict[str, Any]] = []
+
+    def _probe(self, model, step: int) -> None:
+        side, was_training = self.tokenizer.padding_side, model.training
+        responses = generate(model, self.tokenizer, self.prompts, self.settings, seed=self.seed, desc=f"probe@{step}")
+        self.tokenizer.padding_side = side
+        model.train(was_training)
+        verdicts = [self.judge.judge(p, r).refused for p, r in zip(self.prompts, responses)]
+        self.records.append({"step": step, **{k: v for k, v in rate_summary(verdicts).items() if k != "rate"},
+                             "refusal_rate": rate_summary(verdicts)["rate"]})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._probe(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._probe(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self.records or self.records[-1]["step"] != state.global_step:
+            self._probe(model, state.global_step)
 
 
 @dataclass(frozen=True)

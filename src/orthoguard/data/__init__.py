@@ -17,7 +17,7 @@ from orthoguard.data.harmfulqa import (
     load_harmfulqa,
     load_harmfulqa_with_report,
 )
-from orthoguard.data.prompts import embedded_harmfulqa_path, load_harmful_instructions, load_harmless
+from orthoguard.data.prompts import embedded_harmfulqa_path, load_benign_references, load_harmful_instructions, load_harmless
 from orthoguard.data.refusals import describe_harm, refusal_reply
 from orthoguard.data.samples import Message, Sample, single_turn
 from orthoguard.data.splits import SplitSlice, check_disjoint, parse_split, split_questions
@@ -41,6 +41,7 @@ __all__ = [
     "count_conversations",
     "describe_harm",
     "embedded_harmfulqa_path",
+    "load_benign_references",
     "load_harmful_instructions",
     "load_harmfulqa",
     "load_harmfulqa_with_report",

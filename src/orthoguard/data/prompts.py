@@ -46,3 +46,12 @@ def _instruction(row: object, where: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: field 'instruction' is missing or empty")
     return text.strip()
+
+
+def load_benign_references(n: int) -> list:
+    """The first ``n`` AlpacaEval instructions with their reference answers (CC BY-NC 4.0), as chat samples."""
+    from orthoguard.data.samples import single_turn
+
+    path = asset_path("alpaca_eval", "alpaca_eval_ref_text_davinci_003.json")
+    rows = read_json(path)[:n]
+    return [single_turn(r["instruction"], r["output"], "alpaca-eval-reference") for r in rows if r.get("output", "").strip()]

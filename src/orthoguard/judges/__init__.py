@@ -98,4 +98,4 @@ def judge_jsonl(in_path: str | Path, out_path: str | Path, judge: Judge) -> dict
     }
 
 
-from orthoguard.judges import keyword  # noqa: E402,F401  (registers the keyword judges)
+from orthoguard.judges import keyword, llm  # noqa: E402,F401  (registers the judges)

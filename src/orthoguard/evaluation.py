@@ -1,0 +1,167 @@
+"""Local evaluation: prompt sets x models x a judge -> records, rates with intervals, paired tests, utility.
+
+For every model: refusal rate on each prompt set (harmful sets: refusing is wanted; benign sets: refusing is
+over-refusal), per category where the set has categories, the attack task's held-out loss (did the attack learn?)
+and the perplexity of benign reference answers (did the model keep its ordinary ability?).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForSeq2Seq
+
+from orthoguard import data as D
+from orthoguard.config import ExperimentConfig
+from orthoguard.generation import GenerationSettings, generate
+from orthoguard.io import write_json, write_jsonl, write_text
+from orthoguard.judges import get_judge, judge_records
+from orthoguard.metrics import format_rate, paired_mcnemar, per_category, rate_summary
+from orthoguard.models import load_with_adapters
+
+
+@dataclass
+class PromptSet:
+    name: str
+    prompts: list[str]
+    harmful: bool  # True: refusing is the desired behaviour; False: refusing is over-refusal
+    ids: list[str] = field(default_factory=list)
+    categories: list[str | None] = field(default_factory=list)
+
+    def records(self) -> list[dict]:
+        ids = self.ids or [str(i) for i in range(len(self.prompts))]
+        cats = self.categories or [None] * len(self.prompts)
+        return [{"set": self.name, "id": i, "category": c, "prompt": p} for i, c, p in zip(ids, cats, self.prompts)]
+
+
+@dataclass
+class UtilityData:
+    """Samples whose completion loss is measured: held-out attack answers and benign reference answers."""
+
+    attack_heldout: list = field(default_factory=list)
+    benign_references: list = field(default_factory=list)
+
+
+@torch.inference_mode()
+def completion_nll(model, tokenizer, samples, max_length: int = 256, batch_size: int = 8) -> float | None:
+    """Mean per-token negative log-likelihood of the final assistant turns (the training loss, without training)."""
+    if not samples:
+        return None
+    dataset, _ = D.build_sft_dataset(tokenizer, samples, max_length)
+    tokenizer.padding_side = "right"
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    total = tokens = 0.0
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        total += float(loss)
+        tokens += int((labels != -100).sum())
+    return total / tokens if tokens else None
+
+
+def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], prompt_sets: list[PromptSet], judge,
+                   utility: UtilityData | None = None) -> tuple[dict[str, list[dict]], dict]:
+    model, tokenizer, _ = load_with_adapters(cfg.model, adapters)
+    e = cfg.evaluation
+    settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p)
+    out = {}
+    for ps in prompt_sets:
+        responses = generate(model, tokenizer, ps.prompts, settings, seed=cfg.seed, desc=f"{name}/{ps.name}")
+        out[ps.name] = judge_records([{**r, "response": resp} for r, resp in zip(ps.records(), responses)], judge)
+    util = {}
+    if utility is not None:
+        heldout = completion_nll(model, tokenizer, utility.attack_heldout)
+        benign = completion_nll(model, tokenizer, utility.benign_references)
+        util = {"attack_heldout_loss": heldout, "benign_perplexity": math.exp(benign) if benign is not None else None}
+    del model
+    gc.collect()
+    return out, util
+
+
+def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt_sets: list[PromptSet], out_dir: Path,
+                    utility: UtilityData | None = None, extra: dict | None = None) -> dict:
+    """Every model on every prompt set; writes the seed's schema, per-set JSONL and ``summary.json``/``.md``."""
+    out_dir = Path(out_dir)
+    judge = get_judge(cfg.evaluation.judge)
+    summary = {
+        "judge": cfg.evaluation.judge,
+        "seed": cfg.seed,
+        "prompt_sets": {ps.name: len(ps.prompts) for ps in prompt_sets},
+        "harmful_sets": [ps.name for ps in prompt_sets if ps.harmful],
+        "benign_sets": [ps.name for ps in prompt_sets if not ps.harmful],
+        "models": {}, "categories": {}, "utility": {}, **(extra or {}),
+    }
+    records: dict[str, dict[str, list[dict]]] = {}
+    for name, adapters in models.items():
+        per_set, util = evaluate_model(cfg, name, adapters, prompt_sets, judge, utility)
+        records[name] = per_set
+        summary["utility"][name] = util
+        summary["models"][name] = {s: rate_summary([r["refused"] for r in rs]) for s, rs in per_set.items()}
+        summary["categories"][name] = {s: per_category(rs) for s, rs in per_set.items() if any(r["category"] for r in rs)}
+        for set_name, rs in per_set.items():
+            write_jsonl(out_dir / f"{set_name}.{name}.jsonl", rs)
+    summary["mcnemar"] = {ps.name: pairwise_mcnemar(records, ps.name) for ps in prompt_sets}
+    first = prompt_sets[0].name
+    write_json(out_dir / "local_refusal_test.json", seed_schema(summary, records, models, first))
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "summary.md", summary_table(summary))
+    return summary
+
+
+def _verdicts(records: list[dict]) -> dict[str, bool | None]:
+    return {r["id"]: r["refused"] for r in records}
+
+
+def pairwise_mcnemar(records: dict[str, dict[str, list[dict]]], set_name: str) -> list[dict]:
+    """Exact McNemar test for every pair of models on the same prompts.
+
+    ``refused_a_only``/``refused_b_only`` are the discordant pairs; ``p_value`` is two-sided."""
+    out = []
+    for a, b in itertools.combinations(records, 2):
+        stats = paired_mcnemar(_verdicts(records[a][set_name]), _verdicts(records[b][set_name]))
+        out.append({"a": a, "b": b, "refused_a_only": stats["b"], "refused_b_only": stats["c"],
+                    "n_pairs": stats["n_pairs"], "p_value": stats["p_value"]})
+    return out
+
+
+def seed_schema(summary: dict, records: dict, models: dict[str, list[Path]], set_name: str) -> dict:
+    """The seed's ``local_refusal_test.json``: one entry per model on the main harmful set."""
+    out = {}
+    for name, adapters in models.items():
+        stats = summary["models"][name][set_name]
+        out[name] = {
+            "model_name": name, "refusal_rate": stats["rate"], "total_prompts": stats["n"] + stats["errors"],
+            "refusals": stats["k"], "ci95": stats["ci95"], "judge_errors": stats["errors"], "prompt_set": set_name,
+            "adapters": [str(a) for a in adapters],
+            "results": [{"prompt": r["prompt"], "response": r["response"], "refused": r["refused"]} for r in records[name][set_name]],
+        }
+    return out
+
+
+def summary_table(summary: dict) -> str:
+    sets = list(summary["prompt_sets"])
+    kind = {s: "refusal" if s in summary.get("harmful_sets", sets) else "over-refusal" for s in sets}
+    util_cols = ["attack held-out loss", "benign perplexity"] if any(summary.get("utility", {}).values()) else []
+    head = "| model | " + " | ".join(f"{kind[s]} on {s}" for s in sets) + "".join(f" | {c}" for c in util_cols) + " |\n"
+    head += "|---|" + "---|" * (len(sets) + len(util_cols)) + "\n"
+    rows = ""
+    for name, per_set in summary["models"].items():
+        util = summary.get("utility", {}).get(name) or {}
+        cells = [format_rate(per_set[s]) for s in sets]
+        if util_cols:
+            cells += [_num(util.get("attack_heldout_loss")), _num(util.get("benign_perplexity"))]
+        rows += f"| {name} | " + " | ".join(cells) + " |\n"
+    return head + rows
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
