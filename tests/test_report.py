@@ -161,6 +161,21 @@ def test_verdict_changes_with_the_numbers(tmp_path):
     assert "this run cannot show that a defense helps" in verdict
 
 
+def test_beats_vanilla_but_not_its_control_and_the_controls_map(tmp_path):
+    numbers = {"base": (5, 100), "aligned": (90, 100), "vanilla": (12, 100), "subspace": (30, 100),
+               "subspace-random": (25, 100), "delta_w": (14, 100)}
+    run = write_run(tmp_path / "run", harmful=numbers)
+    summary = json.loads((run / "results" / "summary.json").read_text())
+    summary["controls"] = {"delta_w": "subspace-random"}  # the summary's map names a control the config would not
+    (run / "results" / "summary.json").write_text(json.dumps(summary))
+    build_report(run)
+    verdict = _verdict(run / "report")
+    assert "subspace beats vanilla but not its random control: restricting the update helps" in verdict
+    assert re.search(r"delta_w .*vs its random control subspace-random 25% \[18, 34\]: it is not distinguishable "
+                     r"from its random control \(intervals overlap\)", verdict)
+    assert "No defended variant beats its random control on harmfulqa-test (subspace, delta_w tested)" in verdict
+
+
 def test_small_n_gives_a_caution_line(tmp_path):
     numbers = {"base": (0, 8), "aligned": (7, 8), "vanilla": (2, 8), "subspace": (5, 8), "subspace-random": (2, 8),
                "delta_w": (3, 8)}
@@ -236,6 +251,7 @@ def test_multi_seed_root_is_aggregated(tmp_path):
     assert "it beats its random control (McNemar p = " in verdict and "higher in 2 of 2 seeds" in verdict
     # delta_w: 14% then 40% against vanilla 12% and 15%: pooled intervals apart, and higher in both seeds
     assert re.search(r"delta_w .*it beats vanilla \(.*higher in 2 of 2 seeds\)", verdict)
+    assert "delta_w beats vanilla but has no random control" in verdict
     assert "| subspace | harmfulqa-test | 65 ± 7% | 0: 70%, 1: 60% |" in md  # the seed-variation table
     assert "seed 2: folder seed-2 is missing, left out" in md
     assert html.count("<img ") == 5

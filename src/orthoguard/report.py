@@ -195,11 +195,8 @@ class Experiment:
         self.sets = self._sets()
         self.harmful_sets, self.benign_sets = self._set_roles()
         self.controls = self._controls()
-        self.colors = {m: FIXED_COLORS.get(m) or PALETTE[i % len(PALETTE)]
-                       for i, m in enumerate([m for m in self.models if m not in FIXED_COLORS])}
-        self.colors.update({m: c for m, c in FIXED_COLORS.items()})
-        for name in self.variants:
-            self.colors.setdefault(name, PALETTE[len(self.colors) % len(PALETTE)])
+        others = [m for m in dict.fromkeys(self.models + list(self.variants)) if m not in FIXED_COLORS]
+        self.colors = {**FIXED_COLORS, **{m: PALETTE[i % len(PALETTE)] for i, m in enumerate(others)}}
 
     # -- identity ------------------------------------------------------------------------------------------
 
@@ -563,10 +560,16 @@ def verdict_blocks(exp: Experiment) -> list[Block]:
     return blocks
 
 
-def _rate_words(exp: Experiment, model: str, set_name: str, wide: list[str]) -> str:
+def _check_width(exp: Experiment, model: str, set_name: str, wide: list[str]) -> None:
+    """Remember a rate whose interval is too wide to resolve much (for the caution line)."""
     r = exp.rate(model, set_name)
     if r is not None and r.width is not None and r.width > CAUTION_WIDTH:
         wide.append(f"{model} on {set_name}: n = {r.n}" if r.n is not None else f"{model} on {set_name}")
+
+
+def _rate_words(exp: Experiment, model: str, set_name: str, wide: list[str]) -> str:
+    _check_width(exp, model, set_name, wide)
+    r = exp.rate(model, set_name)
     text = fmt_rate(r)
     spread = fmt_spread(r) if r is not None and exp.multi else ""
     return f"{text} ({spread})" if spread else text
@@ -616,7 +619,7 @@ def _verdict_for_set(exp: Experiment, set_name: str, wide: list[str]) -> list[Bl
             lines.append(f"The undefended attack ({vanilla}) or the {ceiling} model has no rate on {set_name}: "
                          "whether the attack removes refusal is unknown.")
         else:
-            _rate_words(exp, vanilla, set_name, wide)
+            _check_width(exp, vanilla, set_name, wide)
             attack_works = c["outcome"] == "below"
             if attack_works:
                 lines.append(f"**The undefended attack works**: {vanilla} refuses {fmt_rate(c['a'])}, down from "
@@ -637,7 +640,7 @@ def _verdict_for_set(exp: Experiment, set_name: str, wide: list[str]) -> list[Bl
         if r is None or r.rate is None:
             items.append(f"{name} ({exp.role(name)}): no rate on {set_name}.")
             continue
-        parts = [f"{name} ({exp.role(name)}) keeps {_rate_words(exp, name, set_name, wide)}"]
+        parts = [f"**{name}** ({exp.role(name)}) keeps {_rate_words(exp, name, set_name, wide)}"]
         if vanilla is not None:
             c = exp.compare(name, vanilla, set_name)
             if c is not None:
@@ -654,7 +657,7 @@ def _verdict_for_set(exp: Experiment, set_name: str, wide: list[str]) -> list[Bl
             if c is None:
                 parts.append(f"its random control {control} has no rate on {set_name}")
             else:
-                _rate_words(exp, control, set_name, wide)
+                _check_width(exp, control, set_name, wide)
                 controlled.append(name)
                 parts.append(f"vs its random control {control} {fmt_rate(c['b'])}: it "
                              f"{_comparison_words(c, 'its random control')}")
@@ -684,14 +687,20 @@ def _verdict_for_set(exp: Experiment, set_name: str, wide: list[str]) -> list[Bl
     else:
         words.append("No defended variant has a random control in this run: whether the refusal directions matter, "
                      "rather than any restriction of the update, cannot be answered.")
-    only_vanilla = [m for m in beats_vanilla if m not in beats_control]
-    if only_vanilla:
-        words.append(f"{', '.join(only_vanilla)} beat{'s' if len(only_vanilla) == 1 else ''} vanilla but not "
-                     f"{'its' if len(only_vanilla) == 1 else 'their'} random control.")
+    not_control = [m for m in beats_vanilla if m in controlled and m not in beats_control]
+    if not_control:
+        one = len(not_control) == 1
+        words.append(f"{', '.join(not_control)} beat{'s' if one else ''} {vanilla} but not {'its' if one else 'their'} "
+                     "random control: restricting the update helps, but not specifically along the refusal directions.")
+    uncontrolled = [m for m in beats_vanilla if m not in controlled]
+    if uncontrolled:
+        one = len(uncontrolled) == 1
+        words.append(f"{', '.join(uncontrolled)} beat{'s' if one else ''} {vanilla} but {'has' if one else 'have'} no "
+                     "random control to tell the refusal directions from a restriction of the same size.")
     if vs_vanilla and not beats_vanilla:
         words.append(f"No defended variant beats {vanilla}.")
     if attack_works is False:
-        words.append(f"The attack itself did not remove refusal here, so these comparisons are weak evidence either way.")
+        words.append("The attack itself did not remove refusal here, so these comparisons are weak evidence either way.")
     blocks.append(Block("verdict", " ".join(words)))
     return blocks
 
@@ -893,6 +902,7 @@ def plot_refusal_rates(exp: Experiment):
     fig, (ax,) = _figure(max(8.0, 0.8 * len(exp.models) * max(1, len(sets)) / 1.6 + 3), 4.6)
     width = 0.8 / len(sets)
     markers = ["o", "s", "^", "D", "v", "P"]
+    drawn = 0
     for j, s in enumerate(sets):
         xs, ys, lo, hi = [], [], [], []
         for i, m in enumerate(exp.models):
@@ -906,9 +916,14 @@ def plot_refusal_rates(exp: Experiment):
             hi.append(100 * (r.ci95[1] - r.rate) if r.ci95 else 0)
             if exp.multi:
                 ax.scatter([x] * len(r.per_seed), [100 * v for v in r.per_seed.values()], s=10, color="#555555", zorder=3)
+        if not xs:
+            continue
+        drawn += len(xs)
         role = "harmful" if s in exp.harmful_sets else "benign" if s in exp.benign_sets else "other"
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt=markers[j % len(markers)], capsize=4, ms=7, label=f"{s} ({role})",
                     color=PALETTE[j % len(PALETTE)])
+    if not drawn:
+        return None, "Refusal rates: no model has a decided rate (see the judge errors)."
     ax.set_xticks(range(len(exp.models)), exp.models, rotation=20, ha="right")
     ax.set(ylabel="refusal rate (%)", ylim=(-3, 103), title="Refusal rate per model and prompt set (95% interval)")
     ax.legend(fontsize=8)
@@ -918,7 +933,7 @@ def plot_refusal_rates(exp: Experiment):
 def plot_refusal_decay(exp: Experiment):
     """Probe refusal rate against attack training step for every variant: the refusal-decay curve."""
     fig, (ax,) = _figure()
-    drawn = 0
+    drawn, undecided = 0, False
     for m in exp.variants:
         curves = [(seed, log["probes"]) for seed, log in exp.step_logs(m) if isinstance(log.get("probes"), list) and log["probes"]]
         if not curves:
@@ -929,6 +944,9 @@ def plot_refusal_decay(exp: Experiment):
                 if isinstance(p.get("refusal_rate"), (int, float)):
                     by_step.setdefault(p["step"], []).append(p)
         steps = sorted(by_step)
+        if not steps:
+            undecided = True
+            continue
         mean = [100 * sum(p["refusal_rate"] for p in by_step[s]) / len(by_step[s]) for s in steps]
         style = dict(color=exp.colors[m], alpha=0.18)
         if len(curves) == 1:
@@ -943,6 +961,8 @@ def plot_refusal_decay(exp: Experiment):
         ax.plot(steps, mean, color=exp.colors[m], marker="o", ms=5, lw=1.8, label=m + (" (random control)" if v.get("random") else ""),
                 **control)
         drawn += 1
+    if not drawn and undecided:
+        return None, "Refusal decay: the probes have no decided verdict (every probe response was a judge error)."
     if not drawn:
         return None, "Refusal decay: the attack logs have no 'probes' (set attack.probe_every to record them)."
     n = sorted({p.get("n") for m in exp.variants for _, log in exp.step_logs(m) for p in log.get("probes") or [] if p.get("n")})
@@ -1058,7 +1078,7 @@ def render_html(title: str, meta: str, blocks: list[Block]) -> str:
            f"<h1>{e(title)}</h1>", f'<p class="meta">{e(meta)}</p>']
     for b in blocks:
         if b.kind == "heading":
-            out.append(f"<h{b.level + 0}>{e(b.text)}</h{b.level}>")
+            out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
         elif b.kind == "para":
             out.append(f"<p>{_inline(b.text)}</p>")
         elif b.kind == "note":
