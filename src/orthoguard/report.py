@@ -799,7 +799,7 @@ def seed_table(exp: Experiment) -> list[Block]:
                 f"{100 * spread['mean']:.0f}" + (f" ± {100 * spread['std']:.0f}" if spread["std"] is not None else ""))
             rows.append([m, s, mean_std + "%", ", ".join(f"{seed}: {pct(v)}" for seed, v in r.per_seed.items())])
     if not rows:
-        return blocks + [note("No seed variation: no seed has results.")]
+        return blocks + [note("No seed variation: no seed has a decided rate.")]
     blocks.append(Block("table", header=["model", "set", "mean ± std", "per seed"], items=rows))
     return blocks
 
