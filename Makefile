@@ -23,6 +23,7 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/orthoguard run configs/cpu-demo.yaml
+	$(BIN)/orthoguard report runs/cpu-demo
 
 test: setup
 	$(BIN)/python -m pytest -q

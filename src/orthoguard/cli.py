@@ -294,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", default="judge")
     p.set_defaults(func=cmd_judge)
 
-    from orthoguard import http_eval, hub
+    from orthoguard import http_eval, hub, report
 
     http_eval.register_cli(sub)
+    report.register_cli(sub)
     hub.register_cli(sub)
     return parser
 
