@@ -27,7 +27,9 @@ def build_tiny_model(arch: str, vocab_size: int, seed: int = 0):
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        # untied: a tied random model only ever emits one token, so its answers would all be empty
+        tie_word_embeddings=False,
         bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
     if arch == "llama":

@@ -84,3 +84,18 @@ def test_seed_config_with_unknown_key_is_rejected():
 def test_experiment_loader_points_seed_configs_elsewhere():
     with pytest.raises(ConfigError, match="seed single-step config"):
         load_config(ROOT / "configs" / "seed" / "train_vanilla.json")
+
+
+def test_variant_grid_expands_into_named_variants(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("attack:\n  variants: [{name: vanilla}]\n  grid: {directions: [delta_w, subspace], at: [gradient, update]}\n")
+    cfg = load_config(path)
+    names = [v.name for v in cfg.attack.variants]
+    assert names[0] == "vanilla" and len(names) == 1 + 2 * 2 * 2
+    assert "subspace-update-random" in names and "delta_w-gradient" in names
+    v = next(v for v in cfg.attack.variants if v.name == "subspace-update-random")
+    assert (v.mode, v.directions, v.at, v.random) == ("orthogonal", "subspace", "update", True)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("attack:\n  grid: {directions: [nope]}\n")
+    with pytest.raises(ConfigError, match="directions"):
+        load_config(bad)

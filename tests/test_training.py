@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -38,9 +39,10 @@ class Snapshot(TrainerCallback):
         self.grads.append({canonical_name(n): p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
-def test_every_lora_parameter_changes_and_the_log_is_complete(tmp_path, smollm_tokenizer):
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_every_lora_parameter_changes_and_the_log_is_complete(tmp_path, smollm_tokenizer, arch):
     snap = Snapshot()
-    result = train_lora(build_tiny_model("llama", VOCAB), smollm_tokenizer, _dataset(), CFG,
+    result = train_lora(build_tiny_model(arch, VOCAB), smollm_tokenizer, _dataset(), CFG,
                         adapter_dir=tmp_path / "adapter", log_path=tmp_path / "logs" / "training_loss_x.json",
                         mode="x", seed=0, precision=FP32, callbacks=[snap])
     assert result.steps == 4  # 16 samples / batch 4 / accumulation 2 = 2 optimizer steps per epoch, 2 epochs
@@ -54,7 +56,7 @@ def test_every_lora_parameter_changes_and_the_log_is_complete(tmp_path, smollm_t
     for name, tensor in trained.items():
         assert not torch.allclose(tensor, snap.initial[name]), f"{name} did not change"
     # the adapter loads in plain PEFT and carries the trained values
-    loaded = PeftModel.from_pretrained(build_tiny_model("llama", VOCAB), str(tmp_path / "adapter"))
+    loaded = PeftModel.from_pretrained(build_tiny_model(arch, VOCAB), str(tmp_path / "adapter"))
     live = {canonical_name(n): p for n, p in loaded.named_parameters() if "lora_" in n}
     assert all(torch.equal(live[n], trained[n]) for n in trained)
 

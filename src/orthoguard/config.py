@@ -143,6 +143,18 @@ def _default_variants() -> list[AttackVariant]:
     return [AttackVariant(name="vanilla", mode="vanilla"), AttackVariant(name="orthogonal", mode="orthogonal")]
 
 
+class VariantGrid(Strict):
+    """Orthogonal variants for every combination, named ``<family>-<at>`` (``-random`` for the controls)."""
+
+    directions: list[Family]
+    at: list[Literal["gradient", "update"]] = Field(default_factory=lambda: ["update"])
+    random: list[bool] = Field(default_factory=lambda: [False, True])
+
+    def variants(self) -> list[dict[str, Any]]:
+        return [{"name": f"{d}-{a}" + ("-random" if r else ""), "mode": "orthogonal", "directions": d, "at": a, "random": r}
+                for d in self.directions for a in self.at for r in self.random]
+
+
 class AttackConfig(Strict):
     # which model the attack fine-tunes: the base model, or base + refusal LoRA merged ("aligned")
     target: Literal["base", "aligned"] = "aligned"
@@ -155,6 +167,17 @@ class AttackConfig(Strict):
     probe_every: int = Field(0, ge=0)
     probe_prompts: int = Field(16, gt=0)
     probe_max_new_tokens: int = Field(32, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_grid(cls, raw: Any) -> Any:
+        """``grid:`` adds its combinations to ``variants`` (the resolved config lists them all)."""
+        if isinstance(raw, dict) and raw.get("grid") is not None:
+            raw = dict(raw)
+            grid = VariantGrid.model_validate(raw.pop("grid"))
+            variants = raw.get("variants")
+            raw["variants"] = (list(variants) if variants is not None else [v.model_dump() for v in _default_variants()]) + grid.variants()
+        return raw
 
     @model_validator(mode="after")
     def _unique_names(self) -> "AttackConfig":
