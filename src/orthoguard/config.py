@@ -199,6 +199,7 @@ class PromptSetRef(Strict):
 
 
 class EvalConfig(Strict):
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU generation through vLLM (the [vllm] extra)
     max_new_tokens: int = Field(96, gt=0)
     batch_size: int = Field(16, gt=0)
     do_sample: bool = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import itertools
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from orthoguard import data as D
 from orthoguard.config import ExperimentConfig
-from orthoguard.generation import GenerationSettings, generate
+from orthoguard.generation import GenerationSettings, generate, generate_vllm
 from orthoguard.io import write_json, write_jsonl, write_text
 from orthoguard.judges import get_judge, judge_records
 from orthoguard.metrics import format_rate, paired_mcnemar, per_category, rate_summary
@@ -68,6 +69,14 @@ def completion_nll(model, tokenizer, samples, max_length: int = 256, batch_size:
     return total / tokens if tokens else None
 
 
+def generate_vllm_merged(model, tokenizer, prompts, settings: GenerationSettings, seed: int) -> list[str]:
+    """vLLM serves a plain model folder: save the merged model once to a temporary folder and generate there."""
+    with tempfile.TemporaryDirectory(prefix="orthoguard-vllm-") as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        return generate_vllm(folder, tokenizer, prompts, settings, seed)
+
+
 def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], prompt_sets: list[PromptSet], judge,
                    utility: UtilityData | None = None) -> tuple[dict[str, list[dict]], dict]:
     model, tokenizer, _ = load_with_adapters(cfg.model, adapters)
@@ -75,7 +84,10 @@ def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], promp
     settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p)
     out = {}
     for ps in prompt_sets:
-        responses = generate(model, tokenizer, ps.prompts, settings, seed=cfg.seed, desc=f"{name}/{ps.name}")
+        if e.backend == "vllm":
+            responses = generate_vllm_merged(model, tokenizer, ps.prompts, settings, cfg.seed)
+        else:
+            responses = generate(model, tokenizer, ps.prompts, settings, seed=cfg.seed, desc=f"{name}/{ps.name}")
         out[ps.name] = judge_records([{**r, "response": resp} for r, resp in zip(ps.records(), responses)], judge)
     util = {}
     if utility is not None:

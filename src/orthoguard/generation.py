@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from orthoguard.errors import ConfigError
 from orthoguard.models import CHAT_TEMPLATE_KWARGS
 from orthoguard.judges import strip_thinking
 
@@ -59,3 +60,24 @@ def generate(
         for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             outputs[i] = strip_thinking(text).strip()
     return outputs
+
+
+def generate_vllm(model_dir: str, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict[str, str]] | str],
+                  settings: GenerationSettings = GenerationSettings(), seed: int = 0) -> list[str]:
+    """The same prompts and settings through vLLM (GPU): ``pip install 'orthoguard[vllm]'``.
+
+    ``model_dir`` is a model folder with the adapters already merged (see ``evaluation``); vLLM batches by itself.
+    """
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise ConfigError("evaluation.backend 'vllm' needs vLLM: pip install 'orthoguard[vllm]'") from None
+    llm = LLM(model=model_dir, seed=seed, trust_remote_code=False)
+    params = SamplingParams(
+        max_tokens=settings.max_new_tokens,
+        temperature=settings.temperature if settings.do_sample else 0.0,
+        top_p=settings.top_p if settings.do_sample else 1.0,
+        seed=seed,
+    )
+    outputs = llm.generate([chat_prompt(tokenizer, p) for p in prompts], params)
+    return [strip_thinking(o.outputs[0].text).strip() for o in outputs]
