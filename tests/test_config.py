@@ -99,3 +99,9 @@ def test_variant_grid_expands_into_named_variants(tmp_path):
     bad.write_text("attack:\n  grid: {directions: [nope]}\n")
     with pytest.raises(ConfigError, match="directions"):
         load_config(bad)
+
+
+def test_matched_qwen3_config_gives_every_variant_the_same_budget():
+    cfg = load_config(ROOT / "configs" / "qwen3-matched.yaml")
+    trainings = [cfg.attack.training_for(v) for v in cfg.attack.variants]
+    assert len(trainings) == 8 and all(t == trainings[0] for t in trainings) and trainings[0].epochs == 3
