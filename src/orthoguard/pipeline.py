@@ -136,10 +136,6 @@ def load_splits(run: Run) -> dict[str, list[str]]:
     return read_json(run.path("data", "splits.json"))
 
 
-def _base_model_and_tokenizer(cfg: ExperimentConfig, adapters: list[Path] = ()):
-    return load_with_adapters(cfg.model, adapters)
-
-
 def has_regularized(cfg: ExperimentConfig) -> bool:
     return any(v.mode == "regularized" for v in cfg.attack.variants)
 
@@ -184,7 +180,7 @@ def stage_benign(run: Run) -> None:
     prompts = load_splits(run)["benign_train"]
     answers: list[str] = []
     if prompts:
-        model, tokenizer, precision = _base_model_and_tokenizer(cfg)
+        model, tokenizer, _ = load_with_adapters(cfg.model)
         settings = GenerationSettings(max_new_tokens=cfg.data.benign_max_new_tokens, batch_size=cfg.synth.batch_size)
         answers = generate(model, tokenizer, prompts, settings, seed=cfg.seed, desc="benign")
     write_jsonl(run.path("data", "benign.jsonl"), [{"prompt": p, "response": a} for p, a in zip(prompts, answers) if a.strip()])
@@ -197,7 +193,7 @@ def _samples_to_records(samples) -> list[dict]:
 def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], projection=None,
                  regularizer=None, log_config=None, probe: bool = False):
     cfg = run.cfg
-    model, tokenizer, precision = _base_model_and_tokenizer(cfg, adapters_below)
+    model, tokenizer, precision = load_with_adapters(cfg.model, adapters_below)
     callbacks = []
     if probe and cfg.attack.probe_every:
         prompts = load_splits(run)["test"][: cfg.attack.probe_prompts]
@@ -272,7 +268,7 @@ def stage_directions(run: Run) -> None:
 def family_directions(run: Run, family: str) -> dict:
     if family != "activation":
         return compute_directions(family, run.adapter("refusal"), run.cfg.directions)
-    model, tokenizer, _ = _base_model_and_tokenizer(run.cfg, attacked_adapters(run))
+    model, tokenizer, _ = load_with_adapters(run.cfg.model, attacked_adapters(run))
     n = run.cfg.directions.activation_prompts
     r, layer = refusal_activation_direction(model, tokenizer, D.load_harmful_instructions("train")[:n],
                                             D.load_harmless("train")[:n], run.cfg.directions.activation_layer)
