@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import traceback
 from pathlib import Path

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -556,17 +555,3 @@ def register_cli(subparsers) -> None:
     p.add_argument("--dest", help="folder to create (default: adapters/NAME)")
     p.add_argument("--revision", help="branch, tag or commit")
     p.set_defaults(func=cmd_pull)
-
-
-if __name__ == "__main__":  # pragma: no cover - a stand-alone entry until cli.py registers the subcommands
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="orthoguard-hub")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        ns.func(ns)
-    except OrthoguardError as err:
-        print(f"orthoguard: error: {err}", file=sys.stderr)
-        sys.exit(2)

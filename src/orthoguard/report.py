@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthoguard.errors import DataError, OrthoguardError
+from orthoguard.errors import DataError
 from orthoguard.io import atomic_path, read_json, write_text
 from orthoguard.metrics import mcnemar_exact, seed_summary, wilson_interval
 
@@ -1202,17 +1202,3 @@ def register_cli(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or a root with seeds.json and seed-<s>/ folders")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
-
-
-if __name__ == "__main__":  # pragma: no cover - a stand-alone entry until cli.py registers the subcommand
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="orthoguard-report")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args()
-    try:
-        ns.func(ns)
-    except OrthoguardError as err:
-        print(f"orthoguard: error: {err}", file=sys.stderr)
-        sys.exit(2)
