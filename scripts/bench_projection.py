@@ -40,29 +40,64 @@ def directions_for(family: str, ref: Path, hidden: int) -> dict:
     return compute_directions(family, ref, DirectionsConfig())
 
 
-def time_steps(model_cfg, settings, batch, steps, projector_factory=None):
-    model = get_peft_model(load_model(model_cfg, resolve_precision(model_cfg.dtype)), lora_config(settings))
+def time_steps(make_model, settings, batch, steps, projector_factory=None, accumulation: int = 1):
+    """Median time of a full optimizer step (``accumulation`` forward/backward passes, clipping, projection, AdamW)
+    and of the projection alone, over ``steps`` steps after one warm-up step."""
+    model = get_peft_model(make_model(), lora_config(settings))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     projector = projector_factory(dict(model.named_parameters())) if projector_factory else None
     step_times, projection_times = [], []
     for _ in range(steps + 1):  # the first step warms up and is dropped
+        _sync()
         start = time.perf_counter()
-        model(**batch).loss.backward()
+        for _ in range(accumulation):
+            (model(**batch).loss / accumulation).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        _sync()
         t0 = time.perf_counter()
         if projector:
             projector.before_step()
+        _sync()
         t1 = time.perf_counter()
         optim.step()
+        _sync()
         t2 = time.perf_counter()
         if projector:
             projector.after_step()
+        _sync()
         t3 = time.perf_counter()
         optim.zero_grad(set_to_none=True)
         step_times.append(t3 - start)
         projection_times.append((t1 - t0) + (t3 - t2))
+    del model, optim, projector
     return statistics.median(step_times[1:]), statistics.median(projection_times[1:])
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+VARIANTS = [(f, at, r) for f in ("lora_factors", "delta_w", "subspace", "activation") for at in ("gradient", "update")
+            for r in ((False, True) if at == "update" else (False,))]
+
+
+def compare(make_model, settings, batch, steps, ref, hidden, accumulation=1, variants=VARIANTS, report=print) -> list[dict]:
+    """Vanilla and every (family, placement, random) variant on the same model shape and batch."""
+    vanilla, _ = time_steps(make_model, settings, batch, steps, accumulation=accumulation)
+    rows = [{"variant": "vanilla", "step_s": vanilla, "ratio": 1.0, "projection_ms": 0.0}]
+    report(f"{'variant':32s} {'step s':>8s} {'ratio':>7s} {'projection ms':>14s}")
+    report(f"{'vanilla':32s} {vanilla:8.3f} {1.0:7.3f} {0.0:14.2f}")
+    for family, at, random in variants:
+        directions = directions_for(family, ref, hidden)
+        d = random_like(directions, family, seed=1) if random else directions
+        factory = lambda named, d=d, family=family, at=at: Projector(build_constraints(named, d, family), at)
+        step, proj = time_steps(make_model, settings, batch, steps, factory, accumulation)
+        name = f"{'random-' if random else ''}{family}/{at}"
+        rows.append({"variant": name, "step_s": step, "ratio": step / vanilla, "projection_ms": proj * 1000})
+        report(f"{name:32s} {step:8.3f} {step / vanilla:7.3f} {proj * 1000:14.2f}")
+    return rows
 
 
 def main() -> None:
@@ -83,20 +118,8 @@ def main() -> None:
         ref = fake_reference_adapter(base, settings, Path(tmp))
         hidden = base.config.hidden_size
         del base
-        vanilla, _ = time_steps(model_cfg, settings, batch, args.steps)
         print(f"device {device}, batch {args.batch}x{args.length}, median of {args.steps} steps")
-        print(f"{'variant':32s} {'step s':>8s} {'ratio':>7s} {'projection ms':>14s}")
-        print(f"{'vanilla':32s} {vanilla:8.3f} {1.0:7.3f} {0.0:14.2f}")
-        for family in ("lora_factors", "delta_w", "subspace", "activation"):
-            directions = directions_for(family, ref, hidden)
-            for at in ("gradient", "update"):
-                for random in (False, True) if at == "update" else (False,):
-                    d = random_like(directions, family, seed=1) if random else directions
-                    factory = lambda named, d=d, family=family, at=at: Projector(build_constraints(named, d, family), at)
-                    step, proj = time_steps(model_cfg, settings, batch, args.steps, factory)
-                    name = f"{'random-' if random else ''}{family}/{at}"
-                    print(f"{name:32s} {step:8.3f} {step / vanilla:7.3f} {proj * 1000:14.2f}")
-
+        compare(lambda: load_model(model_cfg, resolve_precision(model_cfg.dtype)), settings, batch, args.steps, ref, hidden)
 
 if __name__ == "__main__":
     main()
