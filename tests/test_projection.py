@@ -11,7 +11,7 @@ from orthoguard.config import LoraSettings
 from orthoguard.directions import canonical_name, compute_directions, load_directions, save_directions
 from orthoguard.errors import DirectionError
 from orthoguard.models import lora_config
-from orthoguard.projection import GradientProjector, project_out
+from orthoguard.projection import Projector, build_constraints, project_out
 from tests.conftest import build_tiny_model
 
 
@@ -60,13 +60,13 @@ def test_projector_makes_every_gradient_orthogonal(tmp_path):
     _, tensors = _fake_adapter(tmp_path, model)
     directions = {k: v / v.norm() for k, v in tensors.items() if v.norm() > 0}
     directions["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = torch.randn(4, 32)
-    projector = GradientProjector(dict(model.named_parameters()), directions)
+    projector = Projector(build_constraints(dict(model.named_parameters()), directions, "lora_factors"), at="gradient")
     ids = torch.randint(0, 128, (2, 12))
     model(input_ids=ids, labels=ids).loss.backward()
     for p in model.parameters():  # LoRA B starts at zero, so A's gradient is zero: give every grad some mass
         if p.requires_grad:
             p.grad = p.grad + torch.randn_like(p)
-    stats = projector.project_()
+    stats = projector.before_step()
     assert 0 < stats["grad_removed_frac"] < 1
     assert len(projector.constraints) == 8
     for c in projector.constraints:
@@ -78,16 +78,16 @@ def test_direction_file_for_another_model_is_rejected(tmp_path):
     other = _peft(targets=("q_proj",))
     _, tensors = _fake_adapter(tmp_path / "other", other)
     with pytest.raises(DirectionError, match="trainable parameters without a direction"):
-        GradientProjector(dict(model.named_parameters()), tensors)
+        build_constraints(dict(model.named_parameters()), tensors, "lora_factors")
     with pytest.raises(DirectionError, match="matches no trainable parameter"):
-        GradientProjector(dict(model.named_parameters()), {"model.embed.weight": torch.ones(3)})
+        build_constraints(dict(model.named_parameters()), {"model.embed.weight": torch.ones(3)}, "lora_factors")
     wrong_rank = _peft(r=8)
     _, big = _fake_adapter(tmp_path / "big", wrong_rank)
     with pytest.raises(DirectionError, match="has shape"):
-        GradientProjector(dict(model.named_parameters()), big)
+        build_constraints(dict(model.named_parameters()), big, "lora_factors")
     extra = {**{canonical_name(n): torch.ones_like(p) for n, p in model.named_parameters() if p.requires_grad}, "x.lora_A.weight": torch.ones(1)}
     with pytest.raises(DirectionError, match="directions without a trainable parameter"):
-        GradientProjector(dict(model.named_parameters()), extra)
+        build_constraints(dict(model.named_parameters()), extra, "lora_factors")
 
 
 def test_save_load_round_trip_and_legacy_pt(tmp_path):

@@ -229,11 +229,3 @@ def _removed_frac(before: list, after: list) -> float:
         removed += float((b - a.float()).pow(2).sum())
     return (removed / total) ** 0.5 if total > 0 else 0.0
 
-
-# Kept for callers of the seed-compatible API.
-class GradientProjector(Projector):
-    def __init__(self, named_params: dict[str, torch.nn.Parameter], directions: dict[str, torch.Tensor]):
-        super().__init__(build_constraints(named_params, directions, "lora_factors"), at="gradient")
-
-    def project_(self) -> dict[str, float]:
-        return self.before_step()
