@@ -52,6 +52,8 @@ class TrainConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
     log_every: int = Field(10, gt=0)
+    # a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position, logs) every N optimizer steps; 0: none
+    save_steps: int = Field(25, ge=0)
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
@@ -251,6 +253,7 @@ SEED_TRAIN_KEYS = {
     "log_every": "log_every",
     "max_steps": "max_steps",
     "gradient_checkpointing": "gradient_checkpointing",
+    "save_steps": "save_steps",
 }
 SEED_LORA_KEYS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
 # keys the seed has that describe paths of its own layout; accepted and used by the single-step commands

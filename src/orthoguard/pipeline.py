@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -52,6 +53,7 @@ class Run:
         self.stages_path = self.root / "stages.json"
         self.stages: dict[str, Any] = read_json(self.stages_path) if self.stages_path.is_file() else {}
         self._keys: dict[str, str] = {}
+        self.running: tuple[str, str] | None = None  # (stage, key) of the stage in progress
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -65,6 +67,20 @@ class Run:
     def directions_path(self, key: str) -> Path:
         """The direction file of a family ("subspace") or of its random control ("random-subspace")."""
         return self.paths.get("directions", self.path("directions", f"refusal.{key}.safetensors"))
+
+    def checkpoint_dir(self) -> Path:
+        """Where the stage in progress keeps its training checkpoints: keyed like the stage, so a changed config
+        never resumes from a checkpoint of another one."""
+        if self.running is None:
+            raise RuntimeError("checkpoint_dir() outside a stage")
+        name, key = self.running
+        return self.path("checkpoints", f"{name.replace(':', '-')}-{key}")
+
+    def _drop_stale_checkpoints(self) -> None:
+        current = self.checkpoint_dir()
+        for folder in current.parent.glob(f"{current.name.rsplit('-', 1)[0]}-*"):
+            if folder != current and folder.name.rsplit("-", 1)[0] == current.name.rsplit("-", 1)[0]:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def direction_keys(self) -> list[str]:
         default = self.cfg.directions.kind
@@ -89,7 +105,10 @@ class Run:
             return "skipped"
         log.info("stage %-20s running", name)
         start = time.perf_counter()
+        self.running = (name, key)
+        self._drop_stale_checkpoints()
         fn()
+        self.running = None
         self.stages[name] = {
             "key": key,
             "seconds": round(time.perf_counter() - start, 1),
@@ -205,7 +224,7 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
     result = train_lora(
         model, tokenizer, dataset, train_cfg, adapter_dir=adapter, log_path=run.log_path(mode), mode=mode,
         seed=cfg.seed, precision=precision, projection=projection, regularizer=regularizer, log_config=log_config,
-        callbacks=callbacks,
+        callbacks=callbacks, checkpoint_dir=run.checkpoint_dir(),
     )
     if callbacks:
         record = read_json(run.log_path(mode))

@@ -3,6 +3,12 @@
 The Trainer owns the loop (AdamW, linear warm-up, accumulation, clipping at max_grad_norm, mixed precision).
 Orthogonal mode adds a callback that enforces the projection around each optimizer step; regularized mode adds a
 penalty to the loss (a Trainer subclass).
+
+Given a ``checkpoint_dir``, training saves a resumable checkpoint every ``save_steps`` optimizer steps (the
+Trainer's adapter, optimizer, scheduler, RNG states and data position, plus our loss and probe records) and a
+restarted call resumes from the newest complete one. Under ``accelerate launch`` / ``torchrun`` the Trainer runs
+DDP: gradients are all-reduced before ``on_pre_optimizer_step``, so every rank projects the same synchronised
+gradient; only the main process writes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
+from safetensors import safe_open
 from transformers import (
     DataCollatorForSeq2Seq,
     PreTrainedModel,
@@ -23,12 +30,14 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from orthoguard.config import TrainConfig
 from orthoguard.generation import GenerationSettings, generate
 from orthoguard.metrics import rate_summary
-from orthoguard.io import write_json
+from orthoguard.io import read_json, write_json
 from orthoguard.models import Precision, lora_config
 from orthoguard.projection import Projector, build_constraints
 from orthoguard.regularization import RegularizerSpec, penalty_fn
@@ -94,7 +103,8 @@ class RefusalProbe(TrainerCallback):
                              "refusal_rate": rate_summary(verdicts)["rate"]})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._probe(model, 0)
+        if not self.records:  # a resumed run has its earlier probes back already
+            self._probe(model, 0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
@@ -103,6 +113,58 @@ class RefusalProbe(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self.records or self.records[-1]["step"] != state.global_step:
             self._probe(model, state.global_step)
+
+
+CHECKPOINT_STATE = "orthoguard_state.json"
+
+
+class CheckpointRecords(TrainerCallback):
+    """Saves the records of our callbacks (losses, probes) into each checkpoint, last, so a checkpoint that has
+    this file is complete; a resumed run puts the records back."""
+
+    def __init__(self, holders: list[Any]) -> None:
+        self.holders = holders
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            write_json(folder / CHECKPOINT_STATE, {"step": state.global_step, "records": [h.records for h in self.holders]})
+
+    def restore(self, checkpoint: Path) -> None:
+        saved = read_json(checkpoint / CHECKPOINT_STATE)["records"]
+        for holder, records in zip(self.holders, saved, strict=True):
+            holder.records = records
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be trusted, or None."""
+    for name in (CHECKPOINT_STATE, "trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors"):
+        if not (folder / name).is_file():
+            return f"{name} missing (interrupted while saving?)"
+    try:
+        read_json(folder / CHECKPOINT_STATE)
+        read_json(folder / "trainer_state.json")
+        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    except Exception as exc:  # a truncated or corrupt file of any kind
+        return f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return None
+
+
+def last_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint under ``folder`` that was saved completely; damaged ones are reported and skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in found:
+        problem = _checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        log.warning("checkpoint %s not used: %s", checkpoint, problem)
+    return None
 
 
 @dataclass(frozen=True)
@@ -148,7 +210,10 @@ def _checkpointing_flag(enabled: bool) -> dict[str, bool]:
     return {name: enabled}
 
 
-def training_arguments(cfg: TrainConfig, output_dir: str, seed: int, precision: Precision) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig, output_dir: str, seed: int, precision: Precision,
+                       checkpoints: bool = False) -> TrainingArguments:
+    save = {"save_strategy": "steps", "save_steps": cfg.save_steps, "save_total_limit": 2} if checkpoints and cfg.save_steps \
+        else {"save_strategy": "no"}
     return TrainingArguments(
         output_dir=output_dir,
         num_train_epochs=cfg.epochs,
@@ -163,7 +228,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str, seed: int, precision: 
         max_grad_norm=cfg.max_grad_norm,
         **_checkpointing_flag(cfg.gradient_checkpointing),
         logging_steps=1,
-        save_strategy="no",
+        **save,
         report_to="none",
         seed=seed,
         data_seed=seed,
@@ -189,15 +254,19 @@ def train_lora(
     regularizer: RegularizerSpec | None = None,
     log_config: dict[str, Any] | None = None,
     callbacks: list[TrainerCallback] = (),
+    checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
     """Wrap ``model`` in a fresh LoRA, train it on ``dataset`` and save the adapter and the loss log.
 
-    With ``projection`` every optimizer step is constrained away from the refusal directions.
+    With ``projection`` every optimizer step is constrained away from the refusal directions. With
+    ``checkpoint_dir`` a killed call, made again, resumes from its newest complete checkpoint; the folder is
+    removed once the adapter is saved.
     """
     from peft import get_peft_model
 
     if len(dataset) == 0:
         raise ValueError(f"{mode}: the training set is empty")
+    set_seed(seed)  # the LoRA initialisation, which the update projection and the regularizer take as their origin
     peft_model = get_peft_model(model, lora_config(cfg.lora))
     if cfg.gradient_checkpointing:
         peft_model.enable_input_require_grads()
@@ -208,10 +277,17 @@ def train_lora(
         constraints = build_constraints(dict(peft_model.named_parameters()), projection.directions, projection.family)
         all_callbacks.append(Project(Projector(constraints, projection.at), loss_log))
     all_callbacks.extend(callbacks)  # after the projection, so they see the gradients that are applied
+    records = CheckpointRecords([cb for cb in all_callbacks if hasattr(cb, "records")])
+    all_callbacks.append(records)
 
     adapter_dir, log_path = Path(adapter_dir), Path(log_path)
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{adapter_dir.name}-", dir=adapter_dir.parent))
+    trainer_dir = Path(checkpoint_dir) if checkpoint_dir is not None else work / "trainer"
+    resume = last_complete_checkpoint(trainer_dir) if checkpoint_dir is not None else None
+    if resume is not None:
+        records.restore(resume)
+        log.info("%s: resuming from %s", mode, resume)
     try:
         extra = {}
         if regularizer is not None:
@@ -219,31 +295,38 @@ def train_lora(
         trainer = (RegularizedTrainer if regularizer is not None else Trainer)(
             **extra,
             model=peft_model,
-            args=training_arguments(cfg, str(work / "trainer"), seed, precision),
+            args=training_arguments(cfg, str(trainer_dir), seed, precision, checkpoints=checkpoint_dir is not None),
             train_dataset=dataset,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             callbacks=all_callbacks,
         )
         start = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         seconds = time.perf_counter() - start
-        staged = work / "adapter"
-        peft_model.save_pretrained(str(staged), safe_serialization=True)
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        staged.rename(adapter_dir)
+        main_process = trainer.is_world_process_zero()
+        if main_process:
+            staged = work / "adapter"
+            peft_model.save_pretrained(str(staged), safe_serialization=True)
+            if adapter_dir.exists():
+                shutil.rmtree(adapter_dir)
+            staged.rename(adapter_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    write_json(
-        log_path,
-        {
-            "mode": mode,
-            "config": log_config if log_config is not None else cfg.model_dump(mode="json"),
-            "train_samples": len(dataset),
-            "seconds": round(seconds, 2),
-            "losses": loss_log.records,
-        },
-    )
+    if main_process:
+        write_json(
+            log_path,
+            {
+                "mode": mode,
+                "config": log_config if log_config is not None else cfg.model_dump(mode="json"),
+                "train_samples": len(dataset),
+                "seconds": round(seconds, 2),
+                "resumed_from_step": int(resume.name.split("-")[-1]) if resume is not None else None,
+                "world_size": trainer.args.world_size,
+                "losses": loss_log.records,
+            },
+        )
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
     final = loss_log.records[-1]["loss"] if loss_log.records else None
     return TrainResult(adapter_dir, log_path, trainer.state.global_step, final, seconds)
