@@ -21,12 +21,12 @@ def smollm_tokenizer():
     return load_tokenizer(ModelConfig(name="smollm2-135m-instruct"))
 
 
-def build_tiny_model(arch: str, vocab_size: int, seed: int = 0):
+def build_tiny_model(arch: str, vocab_size: int, seed: int = 0, hidden_size: int = 32):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         # untied: a tied random model only ever emits one token, so its answers would all be empty
         tie_word_embeddings=False,

@@ -94,3 +94,45 @@ def test_judge_command_keeps_every_field(tmp_path, capsys):
     bad.write_text('{"prompt": "p"}\n')
     assert main(["judge", str(bad), "-o", str(tmp_path / "x.jsonl")]) == 2
     assert "missing field 'response'" in capsys.readouterr().err
+
+
+def _wider_model_adapter(tmp_path, tokenizer) -> Path:
+    """A LoRA adapter trained for a model of another size (hidden 48 instead of 32)."""
+    from peft import get_peft_model
+
+    from orthoguard.config import LoraSettings
+    from orthoguard.models import lora_config
+    from tests.conftest import build_tiny_model
+
+    from safetensors.torch import load_file, save_file
+    import torch
+
+    path = tmp_path / "other-model-adapter"
+    get_peft_model(build_tiny_model("llama", len(tokenizer), hidden_size=48), lora_config(LoraSettings(r=4, alpha=8))).save_pretrained(path)
+    weights = path / "adapter_model.safetensors"
+    save_file({k: torch.randn(v.shape) for k, v in load_file(weights).items()}, weights)  # as if trained: B is not zero
+    return path
+
+
+def test_adapter_for_another_base_model_exits_2(tmp_path, tiny_model_dir, smollm_tokenizer, capsys):
+    adapter = _wider_model_adapter(tmp_path, smollm_tokenizer)
+    code = main(["evaluate", "--base_model_name", str(tiny_model_dir), "--vanilla_adapter", str(adapter),
+                 "--dataset", str(FIXTURE), "--max_prompts", "2", "--max_new_tokens", "2", "--output_dir", str(tmp_path / "out")])
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("orthoguard: error:")]
+    assert len(errors) == 1 and f"{adapter}: adapter does not fit this model" in errors[0]
+    assert "input size 64, the adapter 96" in errors[0]
+    assert not (tmp_path / "out" / "local_refusal_test.json").exists()
+
+
+def test_directions_of_another_architecture_exit_2(tmp_path, tiny_model_dir, smollm_tokenizer, capsys):
+    adapter = _wider_model_adapter(tmp_path, smollm_tokenizer)
+    directions = tmp_path / "wider.safetensors"
+    assert main(["directions", "--base_model_name", str(tiny_model_dir), "--refusal_adapter_path", str(adapter),
+                 "--output_path", str(directions)]) == 0  # directions come from the adapter file alone
+    cfg = _seed_json(tmp_path / "o.json", base_model_name=str(tiny_model_dir), dataset_name=str(FIXTURE),
+                     split="train[40%:90%]", mode="orthogonal", refusal_directions_path=str(directions), output_dir=str(tmp_path / "o"))
+    assert main(["train-attack", "--config", str(cfg), "--run-dir", str(tmp_path / "a")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("orthoguard: error:")]
+    assert len(errors) == 1 and "shape" in errors[0], errors
+    assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft import get_peft_model
 from safetensors.torch import load_file, save_file
+from transformers import set_seed
 
 from orthoguard.config import LoraSettings, TrainConfig
 from orthoguard.directions import canonical_name, lowrank_norm, module_factors
@@ -64,8 +65,9 @@ def _movement(adapter, initial, directions):
 
 def test_penalty_holds_the_attack_back_along_blue_minus_red(tmp_path, smollm_tokenizer, blue_red):
     directions = blue_red_directions(*blue_red, "lora_factors")
-    torch.manual_seed(0)
-    initial_model = get_peft_model(build_tiny_model("llama", VOCAB), lora_config(LORA))
+    base = build_tiny_model("llama", VOCAB)
+    set_seed(0)  # as train_lora does before it wraps the model: the same LoRA initialisation
+    initial_model = get_peft_model(base, lora_config(LORA))
     vanilla = _train(tmp_path, smollm_tokenizer, "vanilla", None)
     zero = _train(tmp_path, smollm_tokenizer, "zero", RegularizerSpec(directions, "lora_factors", 0.0))
     strong = _train(tmp_path, smollm_tokenizer, "strong", RegularizerSpec(directions, "lora_factors", 1e4))
@@ -75,7 +77,7 @@ def test_penalty_holds_the_attack_back_along_blue_minus_red(tmp_path, smollm_tok
     initial = {k: (torch.zeros_like(v) if ".lora_B." in k else vanilla[k] * 0 + v) for k, v in initial.items()}
     moved_vanilla = _movement(vanilla, initial, directions)
     moved_strong = _movement(strong, initial, directions)
-    # Adam normalises step sizes, so even a large lambda leaves lr-sized jitter along Delta: measured 0.068 vs 0.169
+    # Adam normalises step sizes, so even a large lambda leaves lr-sized jitter along Delta: measured 0.063 vs 0.205
     assert moved_strong < 0.5 * moved_vanilla
     log = (tmp_path / "strong.json").read_text()
     assert "reg_penalty" in log

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -68,3 +70,32 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             records.append(record)
     return records
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of a folder's relative file names and their hashes; "missing" if absent.
+
+    Digests are memoised by (path, size, mtime), so a run hashes each unchanged file once."""
+    path = Path(path)
+    if path.is_file():
+        return _file_digest(str(path), *_stat_key(path))
+    if path.is_dir():
+        h = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{file.relative_to(path).as_posix()}\0{_file_digest(str(file), *_stat_key(file))}\n".encode())
+        return h.hexdigest()
+    return "missing"
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

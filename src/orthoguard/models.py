@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from orthoguard.config import LoraSettings, ModelConfig
-from orthoguard.errors import ConfigError
+from orthoguard.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,39 @@ def apply_adapters(model: PreTrainedModel, adapters: list[str | Path]) -> PreTra
     from peft import PeftModel
 
     for path in adapters:
+        check_adapter_fits(model, path)
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     return model
+
+
+def check_adapter_fits(model: PreTrainedModel, path: str | Path) -> None:
+    """Stop with one line when ``path`` is not a LoRA adapter for ``model``'s architecture and sizes
+    (an adapter trained on another base model), instead of PEFT's shape traceback or silently skipped keys."""
+    path = Path(path)
+    weights = path / "adapter_model.safetensors"
+    if not (path / "adapter_config.json").is_file():
+        raise DataError(f"{path}: not a PEFT adapter folder (adapter_config.json missing)")
+    if not weights.is_file():
+        raise DataError(f"{path}: adapter_model.safetensors missing (legacy .bin adapters are not loaded: pickle)")
+    trained_on = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    modules = dict(model.named_modules())
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as exc:
+        raise DataError(f"{weights}: unreadable safetensors file ({exc})") from None
+    for key, shape in shapes.items():
+        module_name, _, factor = key.removeprefix("base_model.model.").rpartition(".lora_")
+        if factor not in {"A.weight", "B.weight"}:
+            continue
+        module = modules.get(module_name)
+        size = getattr(module, "in_features" if factor == "A.weight" else "out_features", None)
+        got = shape[1] if factor == "A.weight" else shape[0]
+        if module is None or size != got:
+            where = f"the model has no module {module_name}" if module is None else \
+                f"{module_name} has {'input' if factor == 'A.weight' else 'output'} size {size}, the adapter {got}"
+            origin = f"; it was trained on {trained_on}" if trained_on else ""
+            raise DataError(f"{path}: adapter does not fit this model ({where}){origin}")
 
 
 def load_with_adapters(cfg: ModelConfig, adapters: list[str | Path] = ()):

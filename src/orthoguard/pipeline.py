@@ -2,9 +2,11 @@
 
     data -> synth -> benign -> refusal -> directions [-> blue, red, blue-red] -> attack:<variant>... -> evaluate
 
-Each stage writes its outputs under ``<output_dir>`` and records a key (a hash of the config sections it
-reads and of the keys of the stages it reads from) in ``stages.json``; a stage whose outputs exist under the
-same key is skipped.
+Each stage writes its outputs under ``<output_dir>`` and records in ``stages.json`` a hash of the config sections
+it reads (chained through the stages it reads from) and sha256 fingerprints of its input files and of the outputs
+it wrote. A stage is skipped only when all three still match: a changed config, a changed input (a replaced
+adapter, an edited data file, another local model) or an output edited or damaged since it was written makes
+the stage, and the stages that read it, run again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from orthoguard.directions import (activation_directions, compute_directions, lo
                                    random_like, save_directions)
 from orthoguard.errors import DataError
 from orthoguard.generation import GenerationSettings, chat_prompt, generate
-from orthoguard.io import read_json, read_jsonl, write_json, write_jsonl, write_text
+from orthoguard.io import fingerprint, read_json, read_jsonl, write_json, write_jsonl, write_text
 from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
 from orthoguard.judges import get_judge
 from orthoguard.prompts import load_prompt_set, prompt_set_name
@@ -88,22 +90,27 @@ class Run:
         return sorted(keys) or [default]
 
     def stage(self, name: str, payload: Any, upstream: list[str], outputs: list[Path], fn: Callable[[], Any],
-              force: bool = False, enabled: bool = True):
-        """Run ``fn`` unless ``outputs`` exist for the same key; record the key when it succeeds.
+              force: bool = False, enabled: bool = True, inputs: list[Path] = ()):
+        """Run ``fn`` unless it ran before with the same config and the same input files, and its outputs are
+        still the files it wrote; then record the config hash and the inputs' and outputs' fingerprints.
 
-        A stage that is not ``enabled`` only computes its key, so that the stages after it can chain on it.
+        The config hash covers the stage's config sections and those of the stages it reads from; ``inputs``
+        are files it reads (upstream outputs, a local model or data file). A stage that is not ``enabled`` only
+        computes its config hash, so that the stages after it can chain on it.
         """
         blob = json.dumps({"seed": self.cfg.seed, "payload": payload, "upstream": [self._keys[u] for u in upstream]},
                           sort_keys=True, default=str)
-        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        self._keys[name] = key
+        config_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self._keys[name] = config_hash
         if not enabled:
             return "not selected"
-        done = self.stages.get(name, {})
-        if not force and done.get("key") == key and all(p.exists() for p in outputs):
+        input_prints = {str(p): fingerprint(p) for p in dict.fromkeys(inputs)}
+        key = hashlib.sha256(json.dumps([config_hash, input_prints], sort_keys=True).encode()).hexdigest()[:16]
+        reason = "forced" if force else self._why_redo(self.stages.get(name), config_hash, input_prints, outputs)
+        if reason is None:
             log.info("stage %-20s up to date, skipped", name)
             return "skipped"
-        log.info("stage %-20s running", name)
+        log.info("stage %-20s running (%s)", name, reason)
         start = time.perf_counter()
         self.running = (name, key)
         self._drop_stale_checkpoints()
@@ -111,12 +118,32 @@ class Run:
         self.running = None
         self.stages[name] = {
             "key": key,
+            "config": config_hash,
+            "inputs": input_prints,
+            "outputs": {str(p): fingerprint(p) for p in outputs},
             "seconds": round(time.perf_counter() - start, 1),
-            "outputs": [str(p) for p in outputs],
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(self.stages_path, self.stages)
         return "ran"
+
+    @staticmethod
+    def _why_redo(done: dict | None, config_hash: str, input_prints: dict[str, str], outputs: list[Path]) -> str | None:
+        if not done:
+            return "never ran"
+        if done.get("config") != config_hash:
+            return "config changed"
+        changed = [p for p, fp in input_prints.items() if done.get("inputs", {}).get(p) != fp]
+        if changed:
+            return f"input changed: {changed[0]}" + (f" and {len(changed) - 1} more" if len(changed) > 1 else "")
+        written = done.get("outputs", {})
+        for path in outputs:
+            if not path.exists():
+                return f"output missing: {path}"
+            if written.get(str(path)) != fingerprint(path):
+                log.warning("%s is not the file its stage wrote (edited, truncated or damaged): not trusted", path)
+                return f"output changed since written: {path}"
+        return None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -472,8 +499,34 @@ def run_pipeline(
 
     from tqdm.auto import tqdm
 
+    produced = {name: outputs for name, _, _, outputs, _ in steps}
     for name, payload, upstream, outputs, fn in tqdm(steps, desc=f"orthoguard run {cfg.name}", unit="stage"):
         enabled = only is None or name in only or name.split(":")[0] in only
-        run.stage(name, payload, upstream, outputs, fn, force=force, enabled=enabled)
+        inputs = [p for u in upstream for p in produced[u]] + external_inputs(cfg, name)
+        run.stage(name, payload, upstream, outputs, fn, force=force, enabled=enabled, inputs=inputs)
     return run
+
+
+def external_inputs(cfg: ExperimentConfig, stage: str) -> list[Path]:
+    """Files outside the run directory that a stage reads: a local model folder, a local data file, user prompt
+    files. Hub ids and the embedded model are identified by name in the config hash instead."""
+    def local(name: str | None) -> list[Path]:
+        return [Path(name)] if name and Path(name).exists() else []
+
+    model = local(cfg.model.name)
+    data = local(cfg.data.source)
+    kind = stage.split(":")[0]
+    if kind == "data":
+        return data
+    if kind == "synth":
+        return data + (local(cfg.synth.model) if cfg.synth.model else model)
+    if kind in {"benign", "directions"}:
+        return model
+    if kind in {"refusal", "blue", "red"}:
+        return data + model
+    if kind == "attack":
+        return data + model + local(cfg.data.synthetic_data_path)
+    if kind == "evaluate":
+        return data + model + local(cfg.data.synthetic_data_path) + [p for ref in cfg.evaluation.prompt_sets for p in local(ref.name)]
+    return []
 
