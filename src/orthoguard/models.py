@@ -102,7 +102,8 @@ class Precision:
 
 
 def resolve_precision(dtype: str, device: str | None = None) -> Precision:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:  # under a multi-process launcher each rank has its own GPU
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         if dtype == "fp16":
             raise ConfigError("model.dtype: fp16 needs a GPU; use bf16 or fp32 on CPU")

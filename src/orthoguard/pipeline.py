@@ -24,17 +24,18 @@ from typing import Any, Callable
 import torch
 
 from orthoguard import data as D
+from orthoguard import distributed
 from orthoguard.config import AttackVariant, ExperimentConfig, dump_config
 from orthoguard.diagnostics import weight_diagnostics
 from orthoguard.directions import (activation_directions, compute_directions, load_directions, module_factors,
                                    random_like, save_directions)
-from orthoguard.errors import DataError
+from orthoguard.errors import DataError, OrthoguardError
 from orthoguard.generation import GenerationSettings, chat_prompt, generate
 from orthoguard.io import fingerprint, read_json, read_jsonl, write_json, write_jsonl, write_text
 from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
 from orthoguard.judges import get_judge
 from orthoguard.prompts import load_prompt_set, prompt_set_name
-from orthoguard.models import load_with_adapters
+from orthoguard.models import load_with_adapters, resolve_precision
 from orthoguard.regularization import RegularizerSpec, blue_red_directions
 from orthoguard.training import ProjectionSpec, RefusalProbe, train_lora
 
@@ -104,27 +105,30 @@ class Run:
         self._keys[name] = config_hash
         if not enabled:
             return "not selected"
-        input_prints = {str(p): fingerprint(p) for p in dict.fromkeys(inputs)}
+        input_prints = {str(p): fingerprint(p) for p in dict.fromkeys(inputs)} if distributed.is_main() else {}
         key = hashlib.sha256(json.dumps([config_hash, input_prints], sort_keys=True).encode()).hexdigest()[:16]
         reason = "forced" if force else self._why_redo(self.stages.get(name), config_hash, input_prints, outputs)
+        key, reason = distributed.broadcast((key, reason))  # every rank follows rank 0's decision
         if reason is None:
             log.info("stage %-20s up to date, skipped", name)
             return "skipped"
         log.info("stage %-20s running (%s)", name, reason)
         start = time.perf_counter()
         self.running = (name, key)
-        self._drop_stale_checkpoints()
-        fn()
+        if distributed.is_main():
+            self._drop_stale_checkpoints()
+        _run_on_ranks(fn, every_rank=name.split(":")[0] in TRAINING_STAGES)
         self.running = None
-        self.stages[name] = {
-            "key": key,
-            "config": config_hash,
-            "inputs": input_prints,
-            "outputs": {str(p): fingerprint(p) for p in outputs},
-            "seconds": round(time.perf_counter() - start, 1),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        write_json(self.stages_path, self.stages)
+        if distributed.is_main():
+            self.stages[name] = {
+                "key": key,
+                "config": config_hash,
+                "inputs": input_prints,
+                "outputs": {str(p): fingerprint(p) for p in outputs},
+                "seconds": round(time.perf_counter() - start, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            write_json(self.stages_path, self.stages)
         return "ran"
 
     @staticmethod
@@ -144,6 +148,29 @@ class Run:
                 log.warning("%s is not the file its stage wrote (edited, truncated or damaged): not trusted", path)
                 return f"output changed since written: {path}"
         return None
+
+
+# stages that train: under a multi-process launcher every rank runs them (DDP); the others run on rank 0 only
+TRAINING_STAGES = {"refusal", "blue", "red", "attack"}
+
+
+def _run_on_ranks(fn: Callable[[], Any], every_rank: bool) -> None:
+    """Run a stage body on every rank, or on rank 0 while the others wait for its files; a failure on rank 0
+    stops the others too, with its message. (When a rank fails in a training stage, the launcher stops the rest.)"""
+    if every_rank or not distributed.active():
+        fn()
+        return
+    failure = None
+    if distributed.is_main():
+        try:
+            fn()
+        except Exception as exc:  # re-raised below, after the other ranks have been told
+            failure = exc
+    message = distributed.broadcast(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise OrthoguardError(f"rank 0 failed: {message}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -253,7 +280,7 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
         seed=cfg.seed, precision=precision, projection=projection, regularizer=regularizer, log_config=log_config,
         callbacks=callbacks, checkpoint_dir=run.checkpoint_dir(),
     )
-    if callbacks:
+    if callbacks and distributed.is_main():
         record = read_json(run.log_path(mode))
         record["probes"] = callbacks[0].records
         write_json(run.log_path(mode), record)
@@ -268,7 +295,8 @@ def stage_refusal(run: Run) -> None:
     splits = load_splits(run)
     benign = [D.single_turn(r["prompt"], r["response"], "benign") for r in read_jsonl(run.path("data", "benign.jsonl"))]
     samples = D.refusal_samples(rows, set(splits["refusal"]), random.Random(cfg.seed), benign=benign)
-    write_jsonl(run.path("data", "refusal.jsonl"), _samples_to_records(samples))
+    if distributed.is_main():
+        write_jsonl(run.path("data", "refusal.jsonl"), _samples_to_records(samples))
     _train_stage(run, samples, cfg.refusal, run.adapter("refusal"), "refusal", [],
                  log_config={"model": _model_payload(cfg), "data": cfg.data.model_dump(mode="json"), **cfg.refusal.model_dump(mode="json")})
 
@@ -369,7 +397,8 @@ def attacked_adapters(run: Run) -> list[Path]:
 def stage_attack(run: Run, variant: AttackVariant) -> None:
     cfg = run.cfg
     samples = attack_samples(run)
-    write_jsonl(run.path("data", "attack.jsonl"), _samples_to_records(samples))
+    if distributed.is_main():
+        write_jsonl(run.path("data", "attack.jsonl"), _samples_to_records(samples))
     train_cfg = cfg.attack.training_for(variant)
     projection = regularizer = None
     if variant.mode == "orthogonal":
@@ -383,7 +412,7 @@ def stage_attack(run: Run, variant: AttackVariant) -> None:
     adapter = run.adapter(f"attack-{variant.name}")
     _train_stage(run, samples, train_cfg, adapter, variant.name, attacked_adapters(run), projection=projection,
                  regularizer=regularizer, log_config=log_config, probe=True)
-    if run.adapter("refusal").is_dir():
+    if run.adapter("refusal").is_dir() and distributed.is_main():
         log_path = run.log_path(variant.name)
         record = read_json(log_path)
         d = cfg.directions
@@ -446,7 +475,8 @@ def run_seeds(cfg: ExperimentConfig, seeds: list[int], output_dir: str | Path | 
     root = Path(output_dir or cfg.output_dir)
     for seed in seeds:
         run_pipeline(cfg.model_copy(update={"seed": seed}), root / f"seed-{seed}", force=force)
-    write_json(root / "seeds.json", {"seeds": seeds, "runs": {str(s): f"seed-{s}" for s in seeds}})
+    if distributed.is_main():
+        write_json(root / "seeds.json", {"seeds": seeds, "runs": {str(s): f"seed-{s}" for s in seeds}})
     return root
 
 
@@ -458,9 +488,11 @@ def run_pipeline(
     paths: dict[str, str | Path] | None = None,
 ) -> Run:
     """Run every stage in order (or only those named in ``only``: "data", "attack:vanilla", "attack", …)."""
+    distributed.init(cpu=resolve_precision(cfg.model.dtype).device == "cpu")
     run = Run(cfg, output_dir, paths)
     run.root.mkdir(parents=True, exist_ok=True)
-    write_text(run.path("config.resolved.yaml"), dump_config(cfg))
+    if distributed.is_main():
+        write_text(run.path("config.resolved.yaml"), dump_config(cfg))
     model = _model_payload(cfg)
     data_payload = cfg.data.model_dump(mode="json", exclude={"synthetic_data_path", "benign_max_new_tokens"})
     steps: list[tuple] = [
