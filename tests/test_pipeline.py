@@ -158,8 +158,10 @@ def _rerun(path, run, caplog):
     return {name for name in after if after[name] != before.get(name)}
 
 
-def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_model_dir, caplog):
-    caplog.set_level("INFO")
+def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_model_dir, caplog, capsys, monkeypatch):
+    secret = "hf_pipelinerunsecret0000000000"
+    monkeypatch.setenv("HF_TOKEN", secret)  # a run with a token set: it must not reach any log or artifact
+    caplog.set_level("DEBUG")
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     path = _config(tmp_path, model, attack__variants=[{"name": "vanilla"}], evaluation__prompt_sets=[])
@@ -189,3 +191,8 @@ def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_mod
     redone = _rerun(path, run, caplog)
     assert redone == {"synth", "benign", "refusal", "directions", "attack:vanilla", "evaluate"}
     assert f"input changed: {model}" in caplog.text
+
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err + caplog.text
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert len(files) > 20 and not [p for p in files if secret.encode() in p.read_bytes()]
