@@ -168,8 +168,8 @@ def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_mod
     run = tmp_path / "run"
     assert main(["run", str(path)]) == 0
     record = json.loads((run / "stages.json").read_text())["attack:vanilla"]
-    assert str(run / "adapters/refusal") in record["inputs"] and str(model) in record["inputs"]
-    assert set(record["outputs"]) == {str(run / "adapters/attack-vanilla"), str(run / "logs/training_loss_vanilla.json")}
+    assert "adapters/refusal" in record["inputs"] and str(model.resolve()) in record["inputs"]
+    assert set(record["outputs"]) == {"adapters/attack-vanilla", "logs/training_loss_vanilla.json"}
 
     # a truncated adapter is reported by path and trained again, nothing upstream is
     weights = run / "adapters/attack-vanilla/adapter_model.safetensors"
@@ -190,9 +190,18 @@ def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_mod
     (model / "config.json").write_text(json.dumps(config))
     redone = _rerun(path, run, caplog)
     assert redone == {"synth", "benign", "refusal", "directions", "attack:vanilla", "evaluate"}
-    assert f"input changed: {model}" in caplog.text
+    assert f"input changed: {model.resolve()}" in caplog.text
+
 
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err + caplog.text
     files = [p for p in run.rglob("*") if p.is_file()]
     assert len(files) > 20 and not [p for p in files if secret.encode() in p.read_bytes()]
+
+    # a run directory moved elsewhere is still up to date: stages.json names its files relative to it
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    caplog.clear()
+    assert main(["run", str(path), "--output-dir", str(moved)]) == 0
+    stage_messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage ")]
+    assert len(stage_messages) == 7 and all(m.endswith("up to date, skipped") for m in stage_messages), stage_messages

@@ -105,9 +105,10 @@ class Run:
         self._keys[name] = config_hash
         if not enabled:
             return "not selected"
-        input_prints = {str(p): fingerprint(p) for p in dict.fromkeys(inputs)} if distributed.is_main() else {}
+        input_prints = {self._label(p): fingerprint(p) for p in dict.fromkeys(inputs)} if distributed.is_main() else {}
         key = hashlib.sha256(json.dumps([config_hash, input_prints], sort_keys=True).encode()).hexdigest()[:16]
-        reason = "forced" if force else self._why_redo(self.stages.get(name), config_hash, input_prints, outputs)
+        reason = "forced" if force else self._why_redo(self.stages.get(name), config_hash, input_prints,
+                                                        {self._label(p): p for p in outputs})
         key, reason = distributed.broadcast((key, reason))  # every rank follows rank 0's decision
         if reason is None:
             log.info("stage %-20s up to date, skipped", name)
@@ -124,15 +125,23 @@ class Run:
                 "key": key,
                 "config": config_hash,
                 "inputs": input_prints,
-                "outputs": {str(p): fingerprint(p) for p in outputs},
+                "outputs": {self._label(p): fingerprint(p) for p in outputs},
                 "seconds": round(time.perf_counter() - start, 1),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
             write_json(self.stages_path, self.stages)
         return "ran"
 
+    def _label(self, path: Path) -> str:
+        """How stages.json names a file: relative to the run directory when inside it, so a moved or copied run
+        directory stays up to date."""
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(Path(path).resolve())
+
     @staticmethod
-    def _why_redo(done: dict | None, config_hash: str, input_prints: dict[str, str], outputs: list[Path]) -> str | None:
+    def _why_redo(done: dict | None, config_hash: str, input_prints: dict[str, str], outputs: dict[str, Path]) -> str | None:
         if not done:
             return "never ran"
         if done.get("config") != config_hash:
@@ -141,10 +150,10 @@ class Run:
         if changed:
             return f"input changed: {changed[0]}" + (f" and {len(changed) - 1} more" if len(changed) > 1 else "")
         written = done.get("outputs", {})
-        for path in outputs:
+        for label, path in outputs.items():
             if not path.exists():
                 return f"output missing: {path}"
-            if written.get(str(path)) != fingerprint(path):
+            if written.get(label) != fingerprint(path):
                 log.warning("%s is not the file its stage wrote (edited, truncated or damaged): not trusted", path)
                 return f"output changed since written: {path}"
         return None
