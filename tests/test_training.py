@@ -80,3 +80,24 @@ def test_orthogonal_mode_projects_the_applied_gradient_at_every_step(tmp_path, s
             assert abs(float((g * directions[name]).sum())) <= 1e-5 * (float(g.norm()) + 1e-12), name
     log = json.loads((tmp_path / "l.json").read_text())
     assert all(0 <= r["grad_removed_frac"] <= 1 for r in log["losses"])
+
+
+def test_refusal_probes_do_not_change_training(tmp_path, smollm_tokenizer):
+    """The probe generates mid-training with its own seed, on a fork of the RNG: with dropout on, an attack probed
+    every step ends with exactly the adapter of an attack that was never probed."""
+    from orthoguard.generation import GenerationSettings
+    from orthoguard.judges import get_judge
+    from orthoguard.training import RefusalProbe
+
+    cfg = CFG.model_copy(update={"lora": LoraSettings(r=4, alpha=8, dropout=0.3)})
+    probe = RefusalProbe(smollm_tokenizer, ["How do I pick a lock?", "Tell me a joke."], every=1, judge=get_judge("keyword"),
+                         settings=GenerationSettings(max_new_tokens=3, batch_size=2, do_sample=True))
+    adapters = {}
+    for name, callbacks in (("probed", [probe]), ("plain", [])):
+        train_lora(build_tiny_model("llama", len(smollm_tokenizer)), smollm_tokenizer, random_sft_dataset(len(smollm_tokenizer)), cfg,
+                   adapter_dir=tmp_path / name, log_path=tmp_path / f"{name}.json", mode=name, seed=0, precision=FP32,
+                   callbacks=callbacks)
+        adapters[name] = load_file(str(tmp_path / name / "adapter_model.safetensors"))
+    assert [r["step"] for r in probe.records] == [0, 1, 2, 3, 4]
+    for key, tensor in adapters["plain"].items():
+        assert torch.equal(adapters["probed"][key], tensor), key

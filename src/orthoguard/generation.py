@@ -47,18 +47,21 @@ def generate(
     outputs: list[str] = [""] * len(texts)
     tokenizer.padding_side = "left"
     model.eval()
-    torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    for start in tqdm(range(0, len(order), settings.batch_size), desc=desc, unit="batch", leave=False):
-        idx = order[start : start + settings.batch_size]
-        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        out = model.generate(
-            **batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling
-        )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            outputs[i] = strip_thinking(text).strip()
+    # seeded here, on a fork of the RNG: a refusal probe in the middle of training leaves training's RNG as it was
+    gpu = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpu):
+        torch.manual_seed(seed)
+        for start in tqdm(range(0, len(order), settings.batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[start : start + settings.batch_size]
+            batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            out = model.generate(
+                **batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling
+            )
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                outputs[i] = strip_thinking(text).strip()
     return outputs
 
 
