@@ -72,3 +72,11 @@ def test_seed_summary_mean_std_and_values():
     assert result["values"] == [0.2, 0.4, 0.6] and result["n"] == 3
     assert seed_summary([0.5]) == {"mean": 0.5, "std": None, "values": [0.5], "n": 1}
     assert seed_summary([])["mean"] is None
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 32, 48, 96, 300])
+def test_wilson_interval_contains_the_rate_exactly(n):
+    for k in range(n + 1):
+        lo, hi = wilson_interval(k, n)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0

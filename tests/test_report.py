@@ -269,6 +269,17 @@ def test_multi_seed_root_is_aggregated(tmp_path):
     assert "it is not distinguishable from its random control (intervals do not overlap, higher in 1 of 2 seeds)" in verdict
 
 
+def test_multi_seed_plots_with_rates_at_0_and_100_percent(tmp_path):
+    """Pooled 0/96 and 96/96: the intervals end exactly at the rate, so every plot's error bars are drawn."""
+    rates = {"base": (0, 48), "aligned": (48, 48), "vanilla": (3, 48), "subspace": (4, 48), "subspace-random": (3, 48),
+             "delta_w": (0, 48)}
+    for seed in (0, 1):
+        write_run(tmp_path / f"seed-{seed}", seed=seed, harmful=rates, benign={m: (0, 16) for m in rates})
+    (tmp_path / "seeds.json").write_text(json.dumps({"seeds": [0, 1], "runs": {"0": "seed-0", "1": "seed-1"}}))
+    html, md = _read(build_report(tmp_path))
+    assert "not drawn" not in md and html.count("<img ") == 5
+
+
 def test_cli_subcommand(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     parser = argparse.ArgumentParser(prog="orthoguard")

@@ -14,7 +14,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact at the ends: in floats, centre - half at k = 0 can come out as 3e-18, above the rate itself
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def rate_summary(verdicts: list[bool | None]) -> dict:
