@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -15,8 +14,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from orthoguard import distributed
 from orthoguard.config import LoraSettings, ModelConfig
 from orthoguard.errors import ConfigError, DataError
+from orthoguard.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Precision:
 
 def resolve_precision(dtype: str, device: str | None = None) -> Precision:
     if device is None:  # under a multi-process launcher each rank has its own GPU
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+        device = f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         if dtype == "fp16":
             raise ConfigError("model.dtype: fp16 needs a GPU; use bf16 or fp32 on CPU")
@@ -158,7 +159,7 @@ def check_adapter_fits(model: PreTrainedModel, path: str | Path) -> None:
         raise DataError(f"{path}: not a PEFT adapter folder (adapter_config.json missing)")
     if not weights.is_file():
         raise DataError(f"{path}: adapter_model.safetensors missing (legacy .bin adapters are not loaded: pickle)")
-    trained_on = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    trained_on = read_json(path / "adapter_config.json").get("base_model_name_or_path")
     modules = dict(model.named_modules())
     try:
         with safe_open(str(weights), framework="pt") as f:

@@ -72,17 +72,19 @@ class Run:
         return self.paths.get("directions", self.path("directions", f"refusal.{key}.safetensors"))
 
     def checkpoint_dir(self) -> Path:
-        """Where the stage in progress keeps its training checkpoints: keyed like the stage, so a changed config
-        never resumes from a checkpoint of another one."""
+        """Where the stage in progress keeps its training checkpoints: ``<stage>-<key>``, so a changed config or
+        input never resumes from a checkpoint of another one."""
         if self.running is None:
             raise RuntimeError("checkpoint_dir() outside a stage")
         name, key = self.running
         return self.path("checkpoints", f"{name.replace(':', '-')}-{key}")
 
     def _drop_stale_checkpoints(self) -> None:
+        """Checkpoints of the running stage under an older key can never be resumed."""
         current = self.checkpoint_dir()
-        for folder in current.parent.glob(f"{current.name.rsplit('-', 1)[0]}-*"):
-            if folder != current and folder.name.rsplit("-", 1)[0] == current.name.rsplit("-", 1)[0]:
+        stage = current.name.rsplit("-", 1)[0]
+        for folder in current.parent.glob(f"{stage}-*"):
+            if folder != current and folder.name.rsplit("-", 1)[0] == stage:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def direction_keys(self) -> list[str]:
@@ -289,10 +291,6 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
         seed=cfg.seed, precision=precision, projection=projection, regularizer=regularizer, log_config=log_config,
         callbacks=callbacks, checkpoint_dir=run.checkpoint_dir(),
     )
-    if callbacks and distributed.is_main():
-        record = read_json(run.log_path(mode))
-        record["probes"] = callbacks[0].records
-        write_json(run.log_path(mode), record)
     del model
     gc.collect()
     return result

@@ -314,18 +314,18 @@ def train_lora(
         shutil.rmtree(work, ignore_errors=True)
 
     if main_process:
-        write_json(
-            log_path,
-            {
-                "mode": mode,
-                "config": log_config if log_config is not None else cfg.model_dump(mode="json"),
-                "train_samples": len(dataset),
-                "seconds": round(seconds, 2),
-                "resumed_from_step": int(resume.name.split("-")[-1]) if resume is not None else None,
-                "world_size": trainer.args.world_size,
-                "losses": loss_log.records,
-            },
-        )
+        record = {
+            "mode": mode,
+            "config": log_config if log_config is not None else cfg.model_dump(mode="json"),
+            "train_samples": len(dataset),
+            "seconds": round(seconds, 2),
+            "resumed_from_step": int(resume.name.split("-")[-1]) if resume is not None else None,
+            "world_size": trainer.args.world_size,
+            "losses": loss_log.records,
+        }
+        for probe in (cb for cb in callbacks if isinstance(cb, RefusalProbe)):
+            record["probes"] = probe.records
+        write_json(log_path, record)
         if checkpoint_dir is not None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     final = loss_log.records[-1]["loss"] if loss_log.records else None
