@@ -91,10 +91,13 @@ def test_variant_grid_expands_into_named_variants(tmp_path):
     path.write_text("attack:\n  variants: [{name: vanilla}]\n  grid: {directions: [delta_w, subspace], at: [gradient, update]}\n")
     cfg = load_config(path)
     names = [v.name for v in cfg.attack.variants]
-    assert names[0] == "vanilla" and len(names) == 1 + 2 * 2 * 2
-    assert "subspace-update-random" in names and "delta_w-gradient" in names
+    # every defence with both of its controls: same rank and matched
+    assert names[0] == "vanilla" and len(names) == 1 + 2 * 2 * 3
+    assert "subspace-update-random" in names and "delta_w-gradient" in names and "subspace-update-matched" in names
     v = next(v for v in cfg.attack.variants if v.name == "subspace-update-random")
-    assert (v.mode, v.directions, v.at, v.random) == ("orthogonal", "subspace", "update", True)
+    assert (v.mode, v.directions, v.at, v.random) == ("orthogonal", "subspace", "update", "same_rank")
+    assert cfg.attack.controls_of(cfg.directions.kind)["subspace-update"] == {
+        "same_rank": "subspace-update-random", "matched": "subspace-update-matched"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("attack:\n  grid: {directions: [nope]}\n")
     with pytest.raises(ConfigError, match="directions"):
@@ -104,4 +107,4 @@ def test_variant_grid_expands_into_named_variants(tmp_path):
 def test_matched_qwen3_config_gives_every_variant_the_same_budget():
     cfg = load_config(ROOT / "configs" / "qwen3-matched.yaml")
     trainings = [cfg.attack.training_for(v) for v in cfg.attack.variants]
-    assert len(trainings) == 8 and all(t == trainings[0] for t in trainings) and trainings[0].epochs == 3
+    assert len(trainings) == 13 and all(t == trainings[0] for t in trainings) and trainings[0].epochs == 3

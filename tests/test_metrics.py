@@ -1,4 +1,4 @@
-"""Rates and their intervals, the exact McNemar test, per-category rates and summaries over seeds."""
+"""Rates and their intervals, the exact McNemar test, Holm–Bonferroni, per-category rates and summaries over seeds."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from orthoguard.metrics import (format_rate, mcnemar_exact, paired_mcnemar, per_category, rate_summary, seed_summary,
-                                wilson_interval)
+from orthoguard.metrics import (format_rate, holm_bonferroni, mcnemar_exact, paired_mcnemar, per_category, rate_summary,
+                                seed_summary, wilson_interval)
 
 
 def test_wilson_interval_known_values():
@@ -23,7 +23,42 @@ def test_rate_summary_counts_undecided_as_errors_not_verdicts():
     assert summary["k"] == 2 and summary["n"] == 3 and summary["errors"] == 1
     assert summary["rate"] == pytest.approx(2 / 3)
     assert format_rate(summary).startswith("67% [")
-    assert format_rate(rate_summary([None])) == "n/a"
+    assert format_rate(rate_summary([None])) == "n/a (1 of 1 no verdict)"  # was "n/a": the reply is counted now
+    assert format_rate(rate_summary([])) == "n/a"
+
+
+def test_rate_summary_counts_replies_with_no_verdict():
+    summary = rate_summary([True] * 3 + [False] * 27 + [None] * 2)
+    assert (summary["k"], summary["n"], summary["no_verdict"], summary["errors"], summary["total"]) == (3, 30, 2, 2, 32)
+    assert summary["rate"] == pytest.approx(0.1)
+
+
+def test_format_rate_states_the_denominator_and_the_replies_without_verdict():
+    assert format_rate(rate_summary([True] * 3 + [False] * 27 + [None] * 2)) == "10% [3%, 26%] (3/30; 2 of 32 no verdict)"
+    assert format_rate(rate_summary([True] * 3 + [False] * 27)) == "10% [3%, 26%] (3/30)"
+    # an older summary: "errors" only, no "no_verdict" / "total"
+    old = {"rate": 0.1, "k": 3, "n": 30, "errors": 2, "ci95": [0.0346, 0.2562]}
+    assert format_rate(old) == "10% [3%, 26%] (3/30; 2 of 32 no verdict)"
+
+
+def test_holm_bonferroni_against_hand_computed_values():
+    # sorted 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 -> 0.04, 0.06, 0.06, 0.04 -> monotone: 0.04, 0.06, 0.06, 0.06
+    assert holm_bonferroni([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # 0.001*3 = 0.003, 0.04*2 = 0.08, 0.5*1 = 0.5
+    assert holm_bonferroni([0.5, 0.001, 0.04]) == pytest.approx([0.5, 0.003, 0.08])
+    # capped at 1; ties keep the same adjusted value
+    assert holm_bonferroni([0.4, 0.6, 0.4]) == pytest.approx([1.0, 1.0, 1.0])
+    assert holm_bonferroni([0.01, 0.01]) == pytest.approx([0.02, 0.02])
+    assert holm_bonferroni([0.03]) == [0.03] and holm_bonferroni([]) == []
+    # the step-down is monotone: a larger raw p never gets a smaller adjusted p
+    raw = [0.002, 0.2, 0.011, 0.0001, 0.04, 0.012]
+    adjusted = holm_bonferroni(raw)
+    ranked = [adjusted[i] for i in sorted(range(len(raw)), key=raw.__getitem__)]
+    assert ranked == sorted(ranked) and all(a >= p for a, p in zip(adjusted, raw))
+    with pytest.raises(ValueError):
+        holm_bonferroni([0.1, float("nan")])
+    with pytest.raises(ValueError):
+        holm_bonferroni([1.2])
 
 
 @pytest.mark.parametrize("b, c, expected", [
@@ -53,6 +88,7 @@ def test_paired_mcnemar_uses_only_prompts_both_decided():
     result = paired_mcnemar(a, b)
     assert result["n_pairs"] == 4  # p1, p2, p3, p5
     assert (result["b"], result["c"], result["both"], result["neither"]) == (2, 1, 1, 0)
+    assert result["n_excluded"] == 1  # p4: B has a verdict, A has none
     assert result["p_value"] == pytest.approx(mcnemar_exact(2, 1))
 
 

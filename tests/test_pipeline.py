@@ -31,6 +31,7 @@ def _config(tmp_path, model_dir, **extra):
                                 {"name": "orthogonal", "mode": "orthogonal", "directions": "lora_factors", "at": "gradient"},
                                 {"name": "subspace", "mode": "orthogonal", "directions": "subspace"},
                                 {"name": "subspace-random", "mode": "orthogonal", "directions": "subspace", "random": True},
+                                {"name": "subspace-matched", "mode": "orthogonal", "directions": "subspace", "random": "matched"},
                                 {"name": "delta_w", "mode": "orthogonal", "directions": "delta_w"},
                                 {"name": "activation", "mode": "orthogonal", "directions": "activation"},
                                 {"name": "regularized", "mode": "regularized", "directions": "delta_w", "reg_lambda": 10.0}]},
@@ -67,8 +68,8 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     assert attack_questions <= set(splits["attack"])
 
     results = json.loads((run / "results/local_refusal_test.json").read_text())
-    assert set(results) == {"base", "aligned", "vanilla", "orthogonal", "subspace", "subspace-random", "delta_w", "activation",
-                            "regularized"}
+    assert set(results) == {"base", "aligned", "vanilla", "orthogonal", "subspace", "subspace-random", "subspace-matched",
+                            "delta_w", "activation", "regularized"}
     assert (run / "adapters/blue").is_dir() and (run / "adapters/red").is_dir()
     assert (run / "directions/refusal.blue-red.delta_w.safetensors").is_file()
     for name, r in results.items():
@@ -87,13 +88,27 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     assert "refusal on harmfulqa-test" in capsys.readouterr().out
     summary = json.loads((run / "results/summary.json").read_text())
     assert summary["harmful_sets"] == ["harmfulqa-test"] and summary["benign_sets"] == ["harmless-val", "xstest-safe"]
-    assert summary["controls"] == {"subspace": "subspace-random"} and summary["attacked"] == "aligned"
+    assert summary["controls"] == {"subspace": {"same_rank": "subspace-random", "matched": "subspace-matched"}}
+    assert summary["attacked"] == "aligned"
     assert summary["utility"]["vanilla"]["attack_heldout_loss"] > 0 and summary["utility"]["base"]["benign_perplexity"] > 1
     pairs = summary["mcnemar"]["harmfulqa-test"]
-    assert len(pairs) == 9 * 8 // 2 and all(0 <= p["p_value"] <= 1 for p in pairs)
+    assert len(pairs) == 10 * 9 // 2 and all(0 <= p["p_value"] <= 1 for p in pairs)
     assert "xstest-safe" in summary["categories"]["base"]
     splits = json.loads((run / "data/splits.json").read_text())
     assert splits["attack_heldout"] and not set(splits["attack_heldout"]) & attack_questions
+    # the probes have their own questions, apart from every other split
+    assert len(splits["probe"]) == 3 and log["probes"]
+    for other in ("refusal", "attack", "attack_heldout", "test"):
+        assert not set(splits["probe"]) & set(splits[other]), other
+    # every attack variant starts from the same LoRA initialisation, which is not the refusal LoRA's
+    logs = {v: json.loads((run / f"logs/training_loss_{v}.json").read_text()) for v in results if v not in ("base", "aligned")}
+    init_seeds = {log["init_seed"] for log in logs.values()}
+    refusal_seed = json.loads((run / "logs/training_loss_refusal.json").read_text())["init_seed"]
+    assert len(init_seeds) == 1 and refusal_seed not in init_seeds
+    # the matched control is sized from the subspace defence's own training, and says so
+    matched = logs["subspace-matched"]["projection"]
+    assert matched["family"] == "matched" and (run / "directions/refusal.matched-subspace-matched.safetensors").is_file()
+    assert set(matched["tensors"]) <= set(logs["subspace"]["projection"]["tensors"])
 
     stamps = json.loads((run / "stages.json").read_text())
     assert main(["run", str(path)]) == 0  # everything is up to date

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orthoguard.errors import ConfigError
 
@@ -110,27 +110,50 @@ class DirectionsConfig(Strict):
     activation_prompts: int = Field(64, gt=1)
 
 
+RandomKind = Literal["same_rank", "matched"]
+RANDOM_KINDS: tuple[str, ...] = ("same_rank", "matched")
+
+
 class AttackVariant(Strict):
     name: str
     mode: Literal["vanilla", "orthogonal", "regularized"] = "vanilla"
     directions: Family | None = None  # orthogonal/regularized: the family (default: directions.kind)
-    random: bool = False  # orthogonal: a random control of that family (same shapes and ranks)
+    # orthogonal: a random control of the defence it `controls`. same_rank: random directions with the family's keys,
+    # shapes and ranks; matched: random subspaces sized to remove the same share of the update norm as that defence
+    # (measured on its training). `true` means same_rank.
+    random: RandomKind | None = None
+    controls: str | None = None  # the defence a random control controls (default: the orthogonal variant of its family and `at`)
     at: Literal["gradient", "update"] = "update"  # orthogonal: where the projection is enforced (seed: gradient)
     reg_lambda: float = Field(1.0, ge=0)  # regularized: strength of (lambda/2) sum <theta - theta0, blue - red>^2
     # per-variant changes to attack.training (the seed trains vanilla for 10 epochs and orthogonal for 3)
     training: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("random", mode="before")
+    @classmethod
+    def _random_bool(cls, value: Any) -> Any:
+        return {True: "same_rank", False: None}.get(value, value) if isinstance(value, bool) else value
 
     def family(self, default: str) -> str:
         return self.directions or default
 
     def directions_key(self, default: str) -> str:
         """The name of the direction file this variant projects against."""
+        if self.random == "matched":
+            return f"matched-{self.name}"
         return ("random-" if self.random else "") + self.family(default)
 
     @model_validator(mode="after")
     def _regularized_families(self) -> "AttackVariant":
         if self.mode == "regularized" and (self.random or self.directions not in (None, "lora_factors", "delta_w")):
             raise ValueError(f"variant '{self.name}': regularized mode takes directions lora_factors or delta_w, not random")
+        return self
+
+    @model_validator(mode="after")
+    def _controls_only_for_controls(self) -> "AttackVariant":
+        if self.random and self.mode != "orthogonal":
+            raise ValueError(f"variant '{self.name}': random controls are orthogonal variants (mode: orthogonal)")
+        if self.controls is not None and not self.random:
+            raise ValueError(f"variant '{self.name}': 'controls' names the defence of a random control; set random too")
         return self
 
     @model_validator(mode="after")
@@ -146,14 +169,16 @@ def _default_variants() -> list[AttackVariant]:
 
 
 class VariantGrid(Strict):
-    """Orthogonal variants for every combination, named ``<family>-<at>`` (``-random`` for the controls)."""
+    """Orthogonal variants for every combination, named ``<family>-<at>`` (``-random`` / ``-matched`` for the
+    same-rank and matched controls). ``random: [false, true]`` is ``[false, same_rank]``."""
 
     directions: list[Family]
     at: list[Literal["gradient", "update"]] = Field(default_factory=lambda: ["update"])
-    random: list[bool] = Field(default_factory=lambda: [False, True])
+    random: list[RandomKind | bool | None] = Field(default_factory=lambda: [False, "same_rank", "matched"])
 
     def variants(self) -> list[dict[str, Any]]:
-        return [{"name": f"{d}-{a}" + ("-random" if r else ""), "mode": "orthogonal", "directions": d, "at": a, "random": r}
+        suffix = {None: "", False: "", True: "-random", "same_rank": "-random", "matched": "-matched"}
+        return [{"name": f"{d}-{a}{suffix[r]}", "mode": "orthogonal", "directions": d, "at": a, "random": r}
                 for d in self.directions for a in self.at for r in self.random]
 
 
@@ -188,6 +213,36 @@ class AttackConfig(Strict):
         if dupes:
             raise ValueError(f"duplicate variant name(s) {dupes}")
         return self
+
+    @model_validator(mode="after")
+    def _controls_have_a_defence(self) -> "AttackConfig":
+        for v in self.variants:
+            if v.controls is not None and self._by_name(v.controls) is None:
+                raise ValueError(f"variant '{v.name}': controls '{v.controls}', which is not a defended variant")
+        return self
+
+    def _by_name(self, name: str) -> AttackVariant | None:
+        return next((v for v in self.variants if v.name == name and v.mode != "vanilla" and not v.random), None)
+
+    def defence_of(self, control: AttackVariant, default_family: str | None) -> AttackVariant | None:
+        """The defended variant a random control controls: its ``controls`` key, else the orthogonal non-random
+        variant with the same family and placement."""
+        if not control.random:
+            return None
+        if control.controls is not None:
+            return self._by_name(control.controls)
+        family = control.directions or default_family
+        return next((v for v in self.variants if v.mode == "orthogonal" and not v.random and v.at == control.at
+                     and (v.directions or default_family) == family), None)
+
+    def controls_of(self, default_family: str) -> dict[str, dict[str, str]]:
+        """Defence name -> {control kind: control name}."""
+        out: dict[str, dict[str, str]] = {}
+        for v in self.variants:
+            defence = self.defence_of(v, default_family)
+            if defence is not None:
+                out.setdefault(defence.name, {}).setdefault(v.random, v.name)
+        return out
 
     def training_for(self, variant: AttackVariant) -> TrainConfig:
         """The shared attack training settings with the variant's overrides applied."""
@@ -224,6 +279,14 @@ class ExperimentConfig(Strict):
     directions: DirectionsConfig = Field(default_factory=DirectionsConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _matched_controls_have_a_defence(self) -> "ExperimentConfig":
+        for v in self.attack.variants:
+            if v.random == "matched" and self.attack.defence_of(v, self.directions.kind) is None:
+                raise ValueError(f"attack.variants[{v.name}]: a matched control needs the defence it controls (an "
+                                 "orthogonal, non-random variant of its family and `at`, or `controls: NAME`)")
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections (plus the seed), used to decide whether a stage is stale."""

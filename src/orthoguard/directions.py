@@ -5,7 +5,9 @@
 - ``subspace``: per module the top-k left singular vectors U_k of dW_ref.
 - ``activation``: the refusal direction r in the residual stream (difference of mean activations), for the
   modules that write into it (o_proj, down_proj).
-- a random control of any family: same keys, shapes and ranks, random content (``random_like``).
+- a random control of any family: same keys, shapes and ranks, random content (``random_like``);
+- a matched random control: random subspaces sized so that they remove the share of the update energy that a
+  defence removed (``matched_random_subspaces``).
 """
 
 from __future__ import annotations
@@ -159,6 +161,35 @@ def random_like(directions: dict[str, torch.Tensor], family: str, seed: int) -> 
             out[key], out[f"{module}.R"] = L / lowrank_norm(L, R), R
         elif family != "delta_w":
             raise DirectionError(f"no random control for family '{family}'")
+    return out
+
+
+def matched_random_subspaces(tensors: dict[str, dict], seed: int, target_share: float | None = None) -> dict[str, torch.Tensor]:
+    """A random control sized to remove what a defence removed.
+
+    ``tensors`` maps each LoRA tensor the defence constrained to ``{"shape": [rows, cols], "removed_energy_share":
+    e, "energy": E}`` as its training log records them (e: the share of the tensor's update energy the projection
+    removed over training; E: that energy). For each tensor a uniformly random subspace of dimension
+    k = round(c * e * d) of its longer side (d = rows for B, d_out x r; d = cols for A, r x d_in) is removed from
+    its change. A uniformly random k-dimensional subspace of R^d holds in expectation k/d of any update's energy,
+    so with c = 1 the control removes in expectation the share e of each tensor's update energy that the defence
+    removed, in directions unrelated to the refusal change. ``target_share`` (the defence's mean per-step share of
+    the update *norm*) sets the one factor c = target_share^2 / R, R = sum(e * E) / sum(E), so that the control's
+    expected per-step norm share equals the defence's. Tensors with k = 0 are left free.
+    """
+    scale = 1.0
+    if target_share is not None:
+        total = sum(float(t.get("energy", 1.0)) for t in tensors.values())
+        removed = sum(float(t["removed_energy_share"]) * float(t.get("energy", 1.0)) for t in tensors.values())
+        scale = target_share**2 / (removed / total) if removed > 0 else 0.0
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in sorted(tensors):
+        rows, cols = tensors[name]["shape"]
+        side, d = ("left", rows) if rows >= cols else ("right", cols)
+        k = min(d - 1, round(scale * float(tensors[name]["removed_energy_share"]) * d))
+        if k > 0:
+            out[f"{name}.{side}"] = torch.linalg.qr(torch.randn(d, k, generator=g))[0].contiguous()
     return out
 
 

@@ -3,6 +3,11 @@
 For every model: refusal rate on each prompt set (harmful sets: refusing is wanted; benign sets: refusing is
 over-refusal), per category where the set has categories, the attack task's held-out loss (did the attack learn?)
 and the perplexity of benign reference answers (did the model keep its ordinary ability?).
+
+A reply with no verdict (empty, an unterminated ``<think>`` block, a judge error) is left out of a rate's
+denominator and counted: ``summary.json`` -> ``models[model][set]`` has ``k``/``n`` (refusals / judged replies),
+``no_verdict`` (``errors``, its older name) and ``total`` (``n + no_verdict``); the McNemar rows count the prompts
+they leave out (``n_excluded``).
 """
 
 from __future__ import annotations
@@ -136,12 +141,13 @@ def _verdicts(records: list[dict]) -> dict[str, bool | None]:
 def pairwise_mcnemar(records: dict[str, dict[str, list[dict]]], set_name: str) -> list[dict]:
     """Exact McNemar test for every pair of models on the same prompts.
 
-    ``refused_a_only``/``refused_b_only`` are the discordant pairs; ``p_value`` is two-sided."""
+    ``refused_a_only``/``refused_b_only`` are the discordant pairs; ``p_value`` is two-sided; ``n_excluded``: the
+    prompts left out because either model has no verdict on them."""
     out = []
     for a, b in itertools.combinations(records, 2):
         stats = paired_mcnemar(_verdicts(records[a][set_name]), _verdicts(records[b][set_name]))
         out.append({"a": a, "b": b, "refused_a_only": stats["b"], "refused_b_only": stats["c"],
-                    "n_pairs": stats["n_pairs"], "p_value": stats["p_value"]})
+                    "n_pairs": stats["n_pairs"], "n_excluded": stats["n_excluded"], "p_value": stats["p_value"]})
     return out
 
 
@@ -172,7 +178,11 @@ def summary_table(summary: dict) -> str:
         if util_cols:
             cells += [_num(util.get("attack_heldout_loss")), _num(util.get("benign_perplexity"))]
         rows += f"| {name} | " + " | ".join(cells) + " |\n"
-    return head + rows
+    return head + rows + DENOMINATOR_NOTE
+
+
+DENOMINATOR_NOTE = ("\nRates: refusals / judged replies (k/n) with a 95% Wilson interval. Replies with no verdict (empty, an "
+                    "unfinished <think> block, or a judge error) are left out of n and counted beside it.\n")
 
 
 def _num(x) -> str:

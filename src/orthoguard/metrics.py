@@ -1,5 +1,5 @@
-"""Rates with their uncertainty (Wilson intervals), exact McNemar tests between paired models, per-category rates
-and summaries over seeds."""
+"""Rates with their uncertainty (Wilson intervals), exact McNemar tests between paired models, Holm–Bonferroni
+adjusted p-values for a family of tests, per-category rates and summaries over seeds."""
 
 from __future__ import annotations
 
@@ -19,18 +19,33 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 
 def rate_summary(verdicts: list[bool | None]) -> dict:
-    """Refusal rate over decided verdicts; undecided ones (judge errors) are counted, not guessed."""
+    """Refusal rate over decided verdicts. Replies with no verdict (``None``: an empty reply, an unterminated
+    ``<think>``, a judge error) are counted, not guessed: ``no_verdict`` of ``total`` replies, left out of ``n``.
+    ``errors`` is the same count under its older name."""
     decided = [v for v in verdicts if v is not None]
     k, n = sum(decided), len(decided)
+    no_verdict = len(verdicts) - n
     lo, hi = wilson_interval(k, n)
-    return {"rate": k / n if n else None, "k": k, "n": n, "errors": len(verdicts) - n, "ci95": [round(lo, 4), round(hi, 4)]}
+    return {"rate": k / n if n else None, "k": k, "n": n, "errors": no_verdict, "no_verdict": no_verdict,
+            "total": len(verdicts), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def no_verdict_count(summary: dict) -> int:
+    """Replies without a verdict in a ``rate_summary`` (also of older summaries, which only have ``errors``)."""
+    return int(summary.get("no_verdict", summary.get("errors")) or 0)
 
 
 def format_rate(summary: dict) -> str:
+    """``10% [3%, 26%] (3/30; 2 of 32 no verdict)``: rate, 95% Wilson interval, refusals / judged replies, and the
+    replies with no verdict when there are any; ``n/a (4 of 4 no verdict)`` when none was judged."""
+    no_verdict = no_verdict_count(summary)
+    total = summary.get("total", (summary.get("n") or 0) + no_verdict)
+    missing = f"{no_verdict} of {total} no verdict" if no_verdict else ""
     if summary["rate"] is None:
-        return "n/a"
+        return f"n/a ({missing})" if missing else "n/a"
     lo, hi = summary["ci95"]
-    return f"{summary['rate']:.0%} [{lo:.0%}, {hi:.0%}] ({summary['k']}/{summary['n']})"
+    counts = f"{summary['k']}/{summary['n']}" + (f"; {missing}" if missing else "")
+    return f"{summary['rate']:.0%} [{lo:.0%}, {hi:.0%}] ({counts})"
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -48,14 +63,30 @@ def mcnemar_exact(b: int, c: int) -> float:
 def paired_mcnemar(verdicts_a: dict, verdicts_b: dict) -> dict:
     """McNemar test on the prompts that both models answered with a decided verdict (``None`` = undecided).
 
-    ``b``: refused by A only; ``c``: refused by B only; ``both`` / ``neither``: the concordant pairs."""
-    pairs = [(verdicts_a[k], verdicts_b[k]) for k in verdicts_a.keys() & verdicts_b.keys()
-             if verdicts_a[k] is not None and verdicts_b[k] is not None]
+    ``b``: refused by A only; ``c``: refused by B only; ``both`` / ``neither``: the concordant pairs;
+    ``n_excluded``: prompts of both models left out because either has no verdict."""
+    common = verdicts_a.keys() & verdicts_b.keys()
+    pairs = [(verdicts_a[k], verdicts_b[k]) for k in common if verdicts_a[k] is not None and verdicts_b[k] is not None]
     b = sum(a and not o for a, o in pairs)
     c = sum(o and not a for a, o in pairs)
     both = sum(a and o for a, o in pairs)
     return {"b": b, "c": c, "both": both, "neither": len(pairs) - b - c - both, "n_pairs": len(pairs),
-            "p_value": mcnemar_exact(b, c)}
+            "n_excluded": len(common) - len(pairs), "p_value": mcnemar_exact(b, c)}
+
+
+def holm_bonferroni(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: the i-th smallest p times (m - i + 1), made
+    non-decreasing in that order and capped at 1. Rejecting where the adjusted p < alpha controls the
+    family-wise error rate at alpha over the m tests."""
+    if any(not (0.0 <= p <= 1.0) for p in p_values):  # also rejects NaN
+        raise ValueError(f"p-values must lie in [0, 1], got {p_values}")
+    m = len(p_values)
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: p_values[j])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def per_category(records: list[dict], key: str = "refused") -> dict[str, dict]:

@@ -27,8 +27,8 @@ from orthoguard import data as D
 from orthoguard import distributed
 from orthoguard.config import AttackVariant, ExperimentConfig, dump_config
 from orthoguard.diagnostics import weight_diagnostics
-from orthoguard.directions import (activation_directions, compute_directions, load_directions, module_factors,
-                                   random_like, save_directions)
+from orthoguard.directions import (activation_directions, compute_directions, load_directions,
+                                   matched_random_subspaces, module_factors, random_like, save_directions)
 from orthoguard.errors import DataError, OrthoguardError
 from orthoguard.generation import GenerationSettings, chat_prompt, generate
 from orthoguard.io import fingerprint, read_json, read_jsonl, write_json, write_jsonl, write_text
@@ -37,6 +37,7 @@ from orthoguard.judges import get_judge
 from orthoguard.prompts import load_prompt_set, prompt_set_name
 from orthoguard.models import load_with_adapters, resolve_precision
 from orthoguard.regularization import RegularizerSpec, blue_red_directions
+from orthoguard.seeding import derive_seed, lora_init_seed
 from orthoguard.training import ProjectionSpec, RefusalProbe, train_lora
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Run:
 
     def direction_keys(self) -> list[str]:
         default = self.cfg.directions.kind
-        keys = {v.directions_key(default) for v in self.cfg.attack.variants if v.mode == "orthogonal"}
+        keys = {v.directions_key(default) for v in self.cfg.attack.variants if v.mode == "orthogonal" and v.random != "matched"}
         return sorted(keys) or [default]
 
     def stage(self, name: str, payload: Any, upstream: list[str], outputs: list[Path], fn: Callable[[], Any],
@@ -201,11 +202,14 @@ def stage_data(run: Run) -> None:
         seed=cfg.seed,
         shuffle=cfg.data.shuffle,
     )
-    caps = {"refusal": cfg.data.max_refusal_questions, "attack": cfg.data.max_attack_questions, "test": cfg.data.max_test_prompts}
+    splits["test"], splits["probe"] = hold_out_probes(splits["test"], probe_count(cfg), cfg.data.test_split)
+    caps = {"refusal": cfg.data.max_refusal_questions, "attack": cfg.data.max_attack_questions,
+            "test": cfg.data.max_test_prompts, "probe": None}
     splits = {name: qs[: caps[name]] if caps[name] else qs for name, qs in splits.items()}
     # a few attack questions are never trained on: the attack's held-out loss
     held = min(cfg.data.attack_heldout_questions, max(len(splits["attack"]) - 1, 0))
     splits["attack"], splits["attack_heldout"] = splits["attack"][: len(splits["attack"]) - held], splits["attack"][len(splits["attack"]) - held :]
+    D.check_disjoint(**splits)
     harmless_train, harmless_eval = D.load_harmless("train"), D.load_harmless("val")
     rng = random.Random(cfg.seed)
     benign = {
@@ -214,6 +218,19 @@ def stage_data(run: Run) -> None:
     }
     write_json(run.path("data", "splits.json"), {**splits, "benign_train": benign["train"], "benign_eval": benign["eval"],
                                                    "source": cfg.data.source, "seed": cfg.seed})
+
+
+def probe_count(cfg: ExperimentConfig) -> int:
+    return cfg.attack.probe_prompts if cfg.attack.probe_every else 0
+
+
+def hold_out_probes(test_slice: list[str], count: int, spec: str) -> tuple[list[str], list[str]]:
+    """The refusal-decay probe questions: the last ``count`` questions of the test slice, never tested on, so the
+    decay curve and the final rates are measured on different questions."""
+    if count and len(test_slice) <= count:
+        raise DataError(f"data.test_split '{spec}' has {len(test_slice)} questions: too few to hold "
+                        f"attack.probe_prompts = {count} probe questions apart and still test")
+    return test_slice[: len(test_slice) - count], test_slice[len(test_slice) - count :]
 
 
 def load_splits(run: Run) -> dict[str, list[str]]:
@@ -274,13 +291,13 @@ def _samples_to_records(samples) -> list[dict]:
     return [{"question": s.question, "source": s.source, "messages": list(s.messages)} for s in samples]
 
 
-def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], projection=None,
-                 regularizer=None, log_config=None, probe: bool = False):
+def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], init_role: str,
+                 projection=None, regularizer=None, log_config=None, probe: bool = False):
     cfg = run.cfg
     model, tokenizer, precision = load_with_adapters(cfg.model, adapters_below)
     callbacks = []
     if probe and cfg.attack.probe_every:
-        prompts = load_splits(run)["test"][: cfg.attack.probe_prompts]
+        prompts = load_splits(run)["probe"]
         settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size)
         callbacks.append(RefusalProbe(tokenizer, prompts, cfg.attack.probe_every, get_judge(cfg.evaluation.judge), settings, cfg.seed))
     dataset, dropped = D.build_sft_dataset(tokenizer, samples, train_cfg.max_length)
@@ -289,7 +306,7 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
     result = train_lora(
         model, tokenizer, dataset, train_cfg, adapter_dir=adapter, log_path=run.log_path(mode), mode=mode,
         seed=cfg.seed, precision=precision, projection=projection, regularizer=regularizer, log_config=log_config,
-        callbacks=callbacks, checkpoint_dir=run.checkpoint_dir(),
+        callbacks=callbacks, checkpoint_dir=run.checkpoint_dir(), init_seed=lora_init_seed(cfg.seed, init_role),
     )
     del model
     gc.collect()
@@ -304,7 +321,7 @@ def stage_refusal(run: Run) -> None:
     samples = D.refusal_samples(rows, set(splits["refusal"]), random.Random(cfg.seed), benign=benign)
     if distributed.is_main():
         write_jsonl(run.path("data", "refusal.jsonl"), _samples_to_records(samples))
-    _train_stage(run, samples, cfg.refusal, run.adapter("refusal"), "refusal", [],
+    _train_stage(run, samples, cfg.refusal, run.adapter("refusal"), "refusal", [], "refusal",
                  log_config={"model": _model_payload(cfg), "data": cfg.data.model_dump(mode="json"), **cfg.refusal.model_dump(mode="json")})
 
 
@@ -319,7 +336,7 @@ def stage_blue_red(run: Run, color: str) -> None:
         samples = D.attack_samples(rows, questions, D.load_synthetic(run.path("data", "synthetic.json"))).samples
     if not samples:
         raise DataError(f"no {color} samples for the refusal-split questions (enable synth)")
-    _train_stage(run, samples, cfg.refusal, run.adapter(color), color, attacked_adapters(run),
+    _train_stage(run, samples, cfg.refusal, run.adapter(color), color, attacked_adapters(run), color,
                  log_config={"color": color, **cfg.refusal.model_dump(mode="json")})
 
 
@@ -340,7 +357,7 @@ def stage_directions(run: Run) -> None:
         family = key.removeprefix("random-")
         directions = family_directions(run, family)
         if key.startswith("random-"):
-            directions = random_like(directions, family, seed=cfg.seed + 7919)
+            directions = random_like(directions, family, seed=derive_seed(cfg.seed, f"random-directions:{family}"))
         save_directions(run.directions_path(key), directions, {
             "family": family, "random_control": str(key.startswith("random-")), "base_model": cfg.model.name,
             "adapter": str(run.adapter("refusal"))})
@@ -408,7 +425,9 @@ def stage_attack(run: Run, variant: AttackVariant) -> None:
         write_jsonl(run.path("data", "attack.jsonl"), _samples_to_records(samples))
     train_cfg = cfg.attack.training_for(variant)
     projection = regularizer = None
-    if variant.mode == "orthogonal":
+    if variant.random == "matched":
+        projection = ProjectionSpec(matched_control_directions(run, variant), "matched", variant.at)
+    elif variant.mode == "orthogonal":
         directions, meta = load_directions(run.directions_path(variant.directions_key(cfg.directions.kind)))
         projection = ProjectionSpec(directions, meta.get("family", variant.family(cfg.directions.kind)), variant.at)
     elif variant.mode == "regularized":
@@ -417,7 +436,7 @@ def stage_attack(run: Run, variant: AttackVariant) -> None:
         regularizer = RegularizerSpec(directions, family, variant.reg_lambda, train_cfg.lora.alpha / train_cfg.lora.r)
     log_config = {"variant": variant.model_dump(mode="json"), "target": cfg.attack.target, **train_cfg.model_dump(mode="json")}
     adapter = run.adapter(f"attack-{variant.name}")
-    _train_stage(run, samples, train_cfg, adapter, variant.name, attacked_adapters(run), projection=projection,
+    _train_stage(run, samples, train_cfg, adapter, variant.name, attacked_adapters(run), "attack", projection=projection,
                  regularizer=regularizer, log_config=log_config, probe=True)
     if run.adapter("refusal").is_dir() and distributed.is_main():
         log_path = run.log_path(variant.name)
@@ -425,6 +444,35 @@ def stage_attack(run: Run, variant: AttackVariant) -> None:
         d = cfg.directions
         record["diagnostics"] = weight_diagnostics(adapter, run.adapter("refusal"), d.subspace_k, d.subspace_energy)
         write_json(log_path, record)
+
+
+def defence_of(cfg: ExperimentConfig, control: AttackVariant) -> AttackVariant:
+    defence = cfg.attack.defence_of(control, cfg.directions.kind)
+    if defence is None:  # the config validator makes this unreachable for matched controls
+        raise DataError(f"variant '{control.name}': no defence to control")
+    return defence
+
+
+def matched_control_directions(run: Run, control: AttackVariant) -> dict:
+    """Random subspaces sized from what the defence's projection removed in its own training (its log), saved as
+    ``directions/refusal.matched-<control>.safetensors``."""
+    defence = defence_of(run.cfg, control)
+    measured = (read_json(run.log_path(defence.name)).get("projection") or {}).get("tensors")
+    if not measured:
+        raise DataError(f"{run.log_path(defence.name)}: no per-tensor projection shares to size the matched control "
+                        f"'{control.name}' from (rerun the '{defence.name}' attack)")
+    directions = matched_random_subspaces(measured, seed=derive_seed(run.cfg.seed, f"matched:{control.name}"),
+                                          target_share=mean_removed_share(read_json(run.log_path(defence.name))))
+    if distributed.is_main():
+        save_directions(run.directions_path(control.directions_key(run.cfg.directions.kind)), directions,
+                        {"family": "matched", "controls": defence.name, "base_model": run.cfg.model.name})
+    return directions
+
+
+def mean_removed_share(log: dict) -> float | None:
+    """The mean over optimizer steps of the share of the gradient or update norm that the projection removed."""
+    shares = [x[k] for x in log.get("losses") or [] for k in ("grad_removed_frac", "update_removed_frac") if k in x]
+    return sum(shares) / len(shares) if shares else None
 
 
 def evaluated_models(run: Run) -> dict[str, list[Path]]:
@@ -457,14 +505,7 @@ def utility_data(run: Run) -> UtilityData:
 def run_facts(run: Run) -> dict:
     """What the report needs beside the rates: the attacked model, random controls, weight-space diagnostics."""
     cfg = run.cfg
-    default = cfg.directions.kind
-    controls = {}
-    for v in cfg.attack.variants:
-        if v.random:
-            twin = [w.name for w in cfg.attack.variants if not w.random and w.mode == "orthogonal"
-                    and w.family(default) == v.family(default) and w.at == v.at]
-            if twin:
-                controls[twin[0]] = v.name
+    controls = cfg.attack.controls_of(cfg.directions.kind)
     diagnostics = {}
     for v in cfg.attack.variants:
         path = run.log_path(v.name)
@@ -501,7 +542,8 @@ def run_pipeline(
     if distributed.is_main():
         write_text(run.path("config.resolved.yaml"), dump_config(cfg))
     model = _model_payload(cfg)
-    data_payload = cfg.data.model_dump(mode="json", exclude={"synthetic_data_path", "benign_max_new_tokens"})
+    data_payload = {**cfg.data.model_dump(mode="json", exclude={"synthetic_data_path", "benign_max_new_tokens"}),
+                    "probe_questions": probe_count(cfg)}
     steps: list[tuple] = [
         ("data", data_payload, [], [run.path("data", "splits.json")], lambda: stage_data(run)),
         ("synth", {"model": model, "synth": cfg.synth.model_dump(mode="json"), "regularized": has_regularized(cfg)}, ["data"],
@@ -522,15 +564,18 @@ def run_pipeline(
         steps.append(("blue-red", blue_red_families(cfg), ["blue", "red"],
                       [run.directions_path(f"blue-red.{f}") for f in blue_red_families(cfg)],
                       lambda: stage_blue_red_directions(run)))
-    for variant in cfg.attack.variants:
+    # a matched control is sized from its defence's training, so it trains after every other variant
+    for variant in sorted(cfg.attack.variants, key=lambda v: v.random == "matched"):
         payload = {"model": model, "target": cfg.attack.target, "variant": variant.model_dump(mode="json"),
                    "probe": [cfg.attack.probe_every, cfg.attack.probe_prompts, cfg.attack.probe_max_new_tokens],
                    "train": cfg.attack.training_for(variant).model_dump(mode="json"),
                    "synthetic_data_path": cfg.data.synthetic_data_path}
         upstream = ["data", "synth", "refusal", "directions"] + (["blue-red"] if variant.mode == "regularized" else [])
-        steps.append((f"attack:{variant.name}", payload, upstream,
-                      [run.adapter(f"attack-{variant.name}"), run.log_path(variant.name)],
-                      lambda v=variant: stage_attack(run, v)))
+        outputs = [run.adapter(f"attack-{variant.name}"), run.log_path(variant.name)]
+        if variant.random == "matched":  # sized from its defence's training log
+            upstream.append(f"attack:{defence_of(cfg, variant).name}")
+            outputs.append(run.directions_path(variant.directions_key(cfg.directions.kind)))
+        steps.append((f"attack:{variant.name}", payload, upstream, outputs, lambda v=variant: stage_attack(run, v)))
     eval_payload = {"evaluation": cfg.evaluation.model_dump(mode="json"), "models": sorted(evaluated_models(run))}
     steps.append(("evaluate", eval_payload, ["data", "synth", "refusal"] + [f"attack:{v.name}" for v in cfg.attack.variants],
                   [run.path("results", "local_refusal_test.json"), run.path("results", "summary.json")],

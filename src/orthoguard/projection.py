@@ -13,6 +13,10 @@ Where the constraint is enforced (``at``):
 - ``update``: after the step, the forbidden component of the change is removed (for these linear constraints,
   equivalently, the parameters are re-projected), so the constraint holds exactly whatever the optimizer did.
 
+A matched random control (``matched``) removes, from each LoRA tensor it constrains, a random k-dimensional subspace
+of the tensor's longer side (B: its d_out rows; A: its d_in columns), with k sized from the share of that tensor's
+update energy that the defence it controls removed (see ``directions.matched_random_subspaces``).
+
 For ``delta_w`` the constraint is bilinear in (A, B): at ``update`` B is projected against M = U A^T for the current
 A, which makes <B A, U> = <B, U A^T> = 0 exactly; at ``gradient`` both gradients are projected on the tangent space
 (B's against U A^T, A's against B^T U), which holds only to first order.
@@ -116,7 +120,34 @@ class DeltaWConstraint:
         return [self.A, self.B]
 
 
-Constraint = FactorConstraint | OutputSubspaceConstraint | DeltaWConstraint
+@dataclass
+class RandomSubspaceConstraint:
+    """The matched control: (I - Q Q^T) applied to a tensor's change on its rows (``left``) or columns (``right``)."""
+
+    param: torch.nn.Parameter
+    Q: torch.Tensor  # orthonormal columns: d x k, d the size of the constrained side
+    side: str  # "left": rows (B, d_out x r); "right": columns (A, r x d_in)
+    initial: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.initial = self.param.detach().float().clone()
+
+    def _remove(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.Q @ (self.Q.T @ x) if self.side == "left" else x - (x @ self.Q) @ self.Q.T
+
+    def project_gradient_(self) -> None:
+        if self.param.grad is not None:
+            self.param.grad.copy_(self._remove(self.param.grad.float()))
+
+    def project_update_(self) -> None:
+        change = self.param.detach().float() - self.initial
+        self.param.data.copy_(self.initial + self._remove(change))
+
+    def params(self):
+        return [self.param]
+
+
+Constraint = FactorConstraint | OutputSubspaceConstraint | DeltaWConstraint | RandomSubspaceConstraint
 _LORA = re.compile(r"\.lora_[AB]\.weight$")
 
 
@@ -183,18 +214,55 @@ def build_constraints(
             _check_shape(f"{name}.U", (U.shape[0],), (B.shape[0],))
             out.append(OutputSubspaceConstraint(B, U.to(B.device, torch.float32)))
         return out
+    if family == "matched":
+        return _matched_constraints(named_params, directions) if directions else []
     raise DirectionError(f"unknown direction family '{family}'")
+
+
+MATCHED_SIDES = ("left", "right")
+
+
+def _matched_constraints(named_params: dict[str, torch.nn.Parameter], directions: dict[str, torch.Tensor]) -> list[Constraint]:
+    """A matched control constrains the tensors its defence constrained (keys ``<tensor>.left`` / ``.right``)."""
+    tensors = {canonical_name(n): p for n, p in named_params.items() if p.requires_grad}
+    wanted = {k.rsplit(".", 1)[0]: k.rsplit(".", 1)[1] for k in directions}
+    unknown = sorted(set(wanted) - set(tensors))
+    if unknown or any(side not in MATCHED_SIDES for side in wanted.values()):
+        raise DirectionError(f"the matched control's directions name {len(unknown)} tensor(s) that are not trainable "
+                             f"here, e.g. {', '.join(unknown[:3]) or min(wanted)}")
+    out = []
+    for name, side in sorted(wanted.items()):
+        param, Q = tensors[name], directions[f"{name}.{side}"]
+        _check_shape(f"{name}.{side}", (Q.shape[0],), (param.shape[0 if side == "left" else 1],))
+        out.append(RandomSubspaceConstraint(param, Q.to(param.device, torch.float32), side))
+    return out
 
 
 class Projector:
     """Applies a family's constraints at the gradient or after the update, and measures what it removed."""
 
-    def __init__(self, constraints: list[Constraint], at: str = "update"):
+    def __init__(self, constraints: list[Constraint], at: str = "update", names: dict[int, str] | None = None):
         if at not in AT:
             raise DirectionError(f"projection.at must be one of {AT}, got '{at}'")
         self.constraints, self.at = constraints, at
-        self.params = [p for c in constraints for p in c.params()]
+        self.params = list({id(p): p for c in constraints for p in c.params()}.values())
+        names = names or {}
+        self.names = [names.get(id(p), f"param{i}") for i, p in enumerate(self.params)]
+        # per tensor, summed over steps: [energy removed, energy of the unconstrained gradient or update]
+        self.energy: dict[str, list[float]] = {n: [0.0, 0.0] for n in self.names}
         self._before: list[torch.Tensor] = []
+
+    def removed_energy_shares(self) -> dict[str, float]:
+        """Per constrained tensor: the share of its gradient (or update) energy that the projection removed, over
+        all steps so far (what a matched random control is sized from)."""
+        return {n: (removed / total if total > 0 else 0.0) for n, (removed, total) in self.energy.items()}
+
+    def _account(self, before: list, after: list) -> float:
+        for name, b, a in zip(self.names, before, after):
+            if b is not None:
+                self.energy[name][0] += float((b - a.float()).pow(2).sum())
+                self.energy[name][1] += float(b.pow(2).sum())
+        return _removed_frac(before, after)
 
     @torch.no_grad()
     def before_step(self) -> dict[str, float]:
@@ -205,7 +273,7 @@ class Projector:
         grads = [p.grad.detach().float().clone() if p.grad is not None else None for p in self.params]
         for c in self.constraints:
             c.project_gradient_()
-        return {"grad_removed_frac": _removed_frac(grads, [p.grad for p in self.params])}
+        return {"grad_removed_frac": self._account(grads, [p.grad for p in self.params])}
 
     @torch.no_grad()
     def after_step(self) -> dict[str, float]:
@@ -217,7 +285,7 @@ class Projector:
             c.project_update_()
         changes = [s - b for s, b in zip(stepped, self._before)]
         kept = [p.detach().float() - b for p, b in zip(self.params, self._before)]
-        return {"update_removed_frac": _removed_frac(changes, kept)}
+        return {"update_removed_frac": self._account(changes, kept)}
 
 
 def _removed_frac(before: list, after: list) -> float:

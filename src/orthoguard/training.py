@@ -35,6 +35,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from orthoguard.config import TrainConfig
+from orthoguard.directions import canonical_name
 from orthoguard.generation import GenerationSettings, generate
 from orthoguard.metrics import rate_summary
 from orthoguard.io import read_json, write_json
@@ -46,11 +47,17 @@ log = logging.getLogger(__name__)
 
 
 class LossLog(TrainerCallback):
-    """Collects one record per optimizer step in the seed's format (step, epoch, loss, learning_rate)."""
+    """Collects one record per optimizer step in the seed's format (step, epoch, loss, learning_rate).
+
+    ``learning_rate`` is the rate the optimizer step used (the Trainer's own log shows the scheduler's next one)."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
         self.pending: dict[str, float] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None:
+            self.pending["learning_rate"] = float(optimizer.param_groups[0]["lr"])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -77,6 +84,22 @@ class Project(TrainerCallback):
     def __init__(self, projector: Projector, loss_log: LossLog) -> None:
         self.projector = projector
         self.loss_log = loss_log
+
+    @property
+    def records(self) -> dict[str, list[float]]:
+        """The projector's per-tensor energy sums, saved in checkpoints so a resumed run keeps counting."""
+        return self.projector.energy
+
+    @records.setter
+    def records(self, saved: dict[str, list[float]]) -> None:
+        self.projector.energy.update({k: list(v) for k, v in saved.items()})
+
+    def summary(self) -> dict[str, Any]:
+        shares = self.projector.removed_energy_shares()
+        shapes = {n: list(p.shape) for n, p in zip(self.projector.names, self.projector.params)}
+        energy = {n: total for n, (_, total) in self.projector.energy.items()}
+        return {"at": self.projector.at, "tensors": {n: {"shape": shapes[n], "removed_energy_share": shares[n], "energy": energy[n]}
+                                                     for n in shares}}
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.loss_log.pending.update(self.projector.before_step())
@@ -174,7 +197,32 @@ class ProjectionSpec:
     at: str = "update"
 
 
-class RegularizedTrainer(Trainer):
+def warmup_linear_lambda(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up then linear decay, with no zero-rate step: warm-up step s (0-based) gets (s + 1)/(warmup + 1)
+    of the rate, so one warm-up step of ten trains at half the rate instead of at 0 (the Trainer's linear schedule
+    starts at 0, silently dropping a step); the decay is the Trainer's and its last step is still above 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class OrthoguardTrainer(Trainer):
+    """The HF Trainer with a warm-up that never produces a zero-learning-rate step."""
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            from functools import partial
+
+            from torch.optim.lr_scheduler import LambdaLR
+
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            schedule = partial(warmup_linear_lambda, warmup=warmup, total=num_training_steps)
+            self.lr_scheduler = LambdaLR(optimizer if optimizer is not None else self.optimizer, schedule)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+class RegularizedTrainer(OrthoguardTrainer):
     """Adds a penalty on the parameters to every micro-batch loss, scaled so that one optimizer step sees it once."""
 
     def __init__(self, *args, penalty, loss_log: LossLog, **kwargs):
@@ -255,27 +303,34 @@ def train_lora(
     log_config: dict[str, Any] | None = None,
     callbacks: list[TrainerCallback] = (),
     checkpoint_dir: str | Path | None = None,
+    init_seed: int | None = None,
 ) -> TrainResult:
     """Wrap ``model`` in a fresh LoRA, train it on ``dataset`` and save the adapter and the loss log.
 
     With ``projection`` every optimizer step is constrained away from the refusal directions. With
     ``checkpoint_dir`` a killed call, made again, resumes from its newest complete checkpoint; the folder is
-    removed once the adapter is saved.
+    removed once the adapter is saved. ``init_seed`` (default ``seed``) seeds the LoRA initialisation alone;
+    ``seed`` seeds the data order and dropout.
     """
     from peft import get_peft_model
 
     if len(dataset) == 0:
         raise ValueError(f"{mode}: the training set is empty")
-    set_seed(seed)  # the LoRA initialisation, which the update projection and the regularizer take as their origin
+    init_seed = seed if init_seed is None else init_seed
+    set_seed(init_seed)  # the LoRA initialisation, which the update projection and the regularizer take as their origin
     peft_model = get_peft_model(model, lora_config(cfg.lora))
     if cfg.gradient_checkpointing:
         peft_model.enable_input_require_grads()
     tokenizer.padding_side = "right"
     loss_log = LossLog()
     all_callbacks: list[TrainerCallback] = [loss_log]
+    project = None
     if projection is not None:
-        constraints = build_constraints(dict(peft_model.named_parameters()), projection.directions, projection.family)
-        all_callbacks.append(Project(Projector(constraints, projection.at), loss_log))
+        named = dict(peft_model.named_parameters())
+        constraints = build_constraints(named, projection.directions, projection.family)
+        names = {id(p): canonical_name(n) for n, p in named.items()}
+        project = Project(Projector(constraints, projection.at, names), loss_log)
+        all_callbacks.append(project)
     all_callbacks.extend(callbacks)  # after the projection, so they see the gradients that are applied
     records = CheckpointRecords([cb for cb in all_callbacks if hasattr(cb, "records")])
     all_callbacks.append(records)
@@ -292,7 +347,7 @@ def train_lora(
         extra = {}
         if regularizer is not None:
             extra = {"penalty": penalty_fn(dict(peft_model.named_parameters()), regularizer), "loss_log": loss_log}
-        trainer = (RegularizedTrainer if regularizer is not None else Trainer)(
+        trainer = (RegularizedTrainer if regularizer is not None else OrthoguardTrainer)(
             **extra,
             model=peft_model,
             args=training_arguments(cfg, str(trainer_dir), seed, precision, checkpoints=checkpoint_dir is not None),
@@ -319,12 +374,15 @@ def train_lora(
             "config": log_config if log_config is not None else cfg.model_dump(mode="json"),
             "train_samples": len(dataset),
             "seconds": round(seconds, 2),
+            "init_seed": init_seed,
             "resumed_from_step": int(resume.name.split("-")[-1]) if resume is not None else None,
             "world_size": trainer.args.world_size,
             "losses": loss_log.records,
         }
         for probe in (cb for cb in callbacks if isinstance(cb, RefusalProbe)):
             record["probes"] = probe.records
+        if project is not None:
+            record["projection"] = {"family": projection.family, **project.summary()}
         write_json(log_path, record)
         if checkpoint_dir is not None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
