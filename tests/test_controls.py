@@ -75,16 +75,30 @@ def test_matched_subspaces_remove_the_target_share_of_any_update():
     shapes = {"m.lora_B.weight": [576, 16], "m.lora_A.weight": [16, 576], "n.lora_B.weight": [192, 16]}
     target = {"m.lora_B.weight": 0.09, "m.lora_A.weight": 0.25, "n.lora_B.weight": 0.0}
     dirs = matched_random_subspaces({n: {"shape": shapes[n], "removed_energy_share": s} for n, s in target.items()}, seed=3)
-    assert set(dirs) == {"m.lora_B.weight.left", "m.lora_A.weight.right"}  # k = 0: left free
-    assert dirs["m.lora_B.weight.left"].shape == (576, round(0.09 * 576))
+    # every tensor the defence constrained is listed (k = 0: measured, left free), so shares compare like with like
+    assert set(dirs) == {"m.lora_B.weight.left", "m.lora_A.weight.right", "n.lora_B.weight.left"}
+    assert dirs["m.lora_B.weight.left"].shape == (576, round(0.09 * 576)) and dirs["n.lora_B.weight.left"].shape == (192, 0)
     g = torch.Generator().manual_seed(0)
     for key, Q in dirs.items():
+        if Q.shape[1] == 0:
+            continue
         name, side = key.rsplit(".", 1)
         update = torch.randn(*shapes[name], generator=g) * torch.rand(*shapes[name], generator=g)  # not isotropic
         removed = Q @ (Q.T @ update) if side == "left" else (update @ Q) @ Q.T
         share = float(removed.pow(2).sum() / update.pow(2).sum())
         assert share == pytest.approx(target[name], rel=0.2)
         assert torch.allclose(Q.T @ Q, torch.eye(Q.shape[1]), atol=1e-5)
+
+
+def test_matched_sizes_reach_the_energy_target_when_one_dimension_is_more_than_a_tensor_share():
+    """Many wide tensors, each with a share below one dimension: rounding alone would give every one k = 0."""
+    tensors = {f"t{i}.lora_A.weight": {"shape": [16, 576], "removed_energy_share": 0.0005, "energy": 1.0 + i % 3}
+               for i in range(40)}
+    dirs = matched_random_subspaces(tensors, seed=0, target_share=0.03)
+    weights = {n: t["energy"] / sum(t["energy"] for t in tensors.values()) for n, t in tensors.items()}
+    expected = sum(dirs[f"{n}.right"].shape[1] / 576 * w for n, w in weights.items())
+    assert expected == pytest.approx(0.03**2, rel=0.05)
+    assert sum(1 for q in dirs.values() if q.shape[1]) < len(tensors)  # only some tensors get a dimension
 
 
 def test_a_matched_control_removes_the_share_its_defence_removed(tmp_path, smollm_tokenizer):

@@ -169,27 +169,41 @@ def matched_random_subspaces(tensors: dict[str, dict], seed: int, target_share: 
 
     ``tensors`` maps each LoRA tensor the defence constrained to ``{"shape": [rows, cols], "removed_energy_share":
     e, "energy": E}`` as its training log records them (e: the share of the tensor's update energy the projection
-    removed over training; E: that energy). For each tensor a uniformly random subspace of dimension
-    k = round(c * e * d) of its longer side (d = rows for B, d_out x r; d = cols for A, r x d_in) is removed from
-    its change. A uniformly random k-dimensional subspace of R^d holds in expectation k/d of any update's energy,
-    so with c = 1 the control removes in expectation the share e of each tensor's update energy that the defence
-    removed, in directions unrelated to the refusal change. ``target_share`` (the defence's mean per-step share of
-    the update *norm*) sets the one factor c = target_share^2 / R, R = sum(e * E) / sum(E), so that the control's
-    expected per-step norm share equals the defence's. Tensors with k = 0 are left free.
+    removed over training; E: that energy). Each tensor gets a uniformly random subspace of dimension k of its
+    longer side (d = rows for B, d_out x r; d = cols for A, r x d_in), removed from its change. A uniformly random
+    k-dimensional subspace of R^d holds in expectation k/d of any update's energy, so k ~ c * e * d removes in
+    expectation the defence's share of each tensor's energy, in directions unrelated to the refusal change.
+
+    ``target_share`` (the defence's mean per-step share of the update *norm*, s) sets the one factor c = s^2 / R,
+    R = sum(e * E) / sum(E), so that the expected per-step norm share equals the defence's. k must be an integer,
+    and one dimension of a wide tensor can be more than a tensor's whole share: the ks are the floors of c * e * d,
+    plus one for the tensors with the largest remainders until the energy-weighted total sum(k / d * E) / sum(E)
+    reaches its target. Every tensor the defence constrained is listed, with k = 0 where it gets nothing, so the
+    control's share is measured over the same tensors as the defence's.
     """
-    scale = 1.0
-    if target_share is not None:
-        total = sum(float(t.get("energy", 1.0)) for t in tensors.values())
-        removed = sum(float(t["removed_energy_share"]) * float(t.get("energy", 1.0)) for t in tensors.values())
-        scale = target_share**2 / (removed / total) if removed > 0 else 0.0
+    names = sorted(tensors)
+    energy = {n: float(tensors[n].get("energy", 1.0)) for n in names}
+    total = sum(energy.values()) or 1.0
+    weight = {n: energy[n] / total for n in names}
+    share = {n: float(tensors[n]["removed_energy_share"]) for n in names}
+    removed = sum(share[n] * weight[n] for n in names)
+    goal = target_share**2 if target_share is not None else removed
+    scale = goal / removed if removed > 0 else 0.0
+    sides = {n: ("left", tensors[n]["shape"][0]) if tensors[n]["shape"][0] >= tensors[n]["shape"][1]
+             else ("right", tensors[n]["shape"][1]) for n in names}
+    wanted = {n: min(scale * share[n] * sides[n][1], sides[n][1] - 1) for n in names}
+    k = {n: int(wanted[n]) for n in names}
+    reached = sum(k[n] / sides[n][1] * weight[n] for n in names)
+    for n in sorted(names, key=lambda n: wanted[n] - k[n], reverse=True):
+        step = weight[n] / sides[n][1]
+        if goal - reached > step / 2 and k[n] < sides[n][1] - 1 and wanted[n] > k[n]:
+            k[n] += 1
+            reached += step
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for name in sorted(tensors):
-        rows, cols = tensors[name]["shape"]
-        side, d = ("left", rows) if rows >= cols else ("right", cols)
-        k = min(d - 1, round(scale * float(tensors[name]["removed_energy_share"]) * d))
-        if k > 0:
-            out[f"{name}.{side}"] = torch.linalg.qr(torch.randn(d, k, generator=g))[0].contiguous()
+    for n in names:
+        side, d = sides[n]
+        out[f"{n}.{side}"] = torch.linalg.qr(torch.randn(d, k[n], generator=g))[0].contiguous() if k[n] else torch.zeros(d, 0)
     return out
 
 
