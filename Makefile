@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test test-fast clean-demo
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# day-to-day: everything but the subprocess-heavy tests (resume, distributed, serve, Chromium, gpu_smoke)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean-demo:
 	rm -rf runs/cpu-demo

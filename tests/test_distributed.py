@@ -23,7 +23,8 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 LAUNCH = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
           "--mixed_precision", "no", "--dynamo_backend", "no"]
 
-pytestmark = pytest.mark.skipif(shutil.which(str(ACCELERATE)) is None, reason="accelerate launcher not installed")
+pytestmark = [pytest.mark.skipif(shutil.which(str(ACCELERATE)) is None, reason="accelerate launcher not installed"),
+              pytest.mark.slow]  # real multi-process launches (accelerate, gloo)
 
 
 def _env():

@@ -19,6 +19,8 @@ from orthoguard.training import CHECKPOINT_STATE, last_complete_checkpoint
 
 STEPS, SAVE_EVERY, KILL_AFTER = 12, 3, 6
 
+pytestmark = pytest.mark.slow  # real `orthoguard run` processes, killed and restarted
+
 
 def _config(tmp_path, model_dir, name):
     cfg = {

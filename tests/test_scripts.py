@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a subprocess that builds and trains a model
 def test_gpu_smoke_script_on_a_tiny_shape(tmp_path):
     out = tmp_path / "smoke.json"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_smoke.py"), "--tiny", "--steps", "1", "--length", "16",
