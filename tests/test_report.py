@@ -390,11 +390,12 @@ def _chromium_cmd(binary, profile, *args) -> list[str]:
             "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
 
 
+@pytest.mark.slow  # starts headless Chromium twice
 def test_html_renders_with_its_images_in_headless_chromium(tmp_path):
     binary = _chromium()
     if binary is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    run = write_run(tmp_path / "run", pairs={("subspace", "vanilla"): (60, 2)})
+    run = write_run(tmp_path / "run", pairs={("subspace", "vanilla"): (60, 2), ("subspace", "subspace-random"): (60, 2)})
     index = build_report(run)
     # a copy in another folder, so only the embedded images can load; a broken image as a control of the check
     probe = tmp_path / "elsewhere" / "check.html"
@@ -410,7 +411,7 @@ def test_html_renders_with_its_images_in_headless_chromium(tmp_path):
                                                   "tradeoff.png", "step_diagnostics.png"]
     assert all(i["complete"] and i["w"] >= 400 and i["h"] >= 300 for i in report_images), report_images
     assert [i["w"] for i in images if i["id"] == "control"] == [0]  # the check does see a broken image
-    assert "Verdict" in dom.stdout and "beats its random control" in dom.stdout
+    assert "Verdict" in dom.stdout and "beats its same-rank random control" in dom.stdout
 
     shot = tmp_path / "report.png"
     subprocess.run(_chromium_cmd(binary, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1200,2000",

@@ -1,0 +1,369 @@
+"""The experiment over one or several seeds: variants, sets, pooled rates, the verdict's comparisons (Holm family),
+random controls and removed shares."""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from orthoguard.metrics import holm_bonferroni, mcnemar_exact, no_verdict_count, seed_summary, wilson_interval
+from orthoguard.report.constants import (BENIGN_NAME, CONTROL_KINDS, CONTROL_ROLES, FIXED_COLORS, NOT_VARIANTS,
+                                         PALETTE)
+from orthoguard.report.load import RunData
+from orthoguard.report.stats import Rate, _decide, _mcnemar_row
+
+
+class Experiment:
+    """What the report needs, computed from the runs: variants, sets, pooled rates, comparisons."""
+
+    def __init__(self, root: Path, runs: list[RunData], notes: list[str] | None = None):
+        self.root = root
+        self.runs = runs
+        self.notes = list(notes or []) + [n for r in runs for n in r.notes]
+        self.multi = len(runs) > 1 or (root / "seeds.json").is_file()
+        self.config = next((r.config for r in runs if r.config), {})
+        self.summaries = [r for r in runs if r.summary]
+        self.variants = self._variants()
+        self.models = self._models()
+        self.sets = self._sets()
+        self.harmful_sets, self.benign_sets = self._set_roles()
+        self.controls = self._controls()
+        others = [m for m in dict.fromkeys(self.models + list(self.variants)) if m not in FIXED_COLORS]
+        self.colors = {**FIXED_COLORS, **{m: PALETTE[i % len(PALETTE)] for i, m in enumerate(others)}}
+
+    # -- identity ------------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.root.resolve().name)
+
+    @property
+    def model_name(self) -> str | None:
+        model = self.config.get("model")
+        return model.get("name") if isinstance(model, dict) else None
+
+    @property
+    def judge(self) -> str | None:
+        judges = sorted({str(r.summary["judge"]) for r in self.summaries if r.summary.get("judge")})
+        return ", ".join(judges) or None
+
+    @property
+    def seeds(self) -> list:
+        return [r.seed for r in self.runs]
+
+    @property
+    def date(self) -> str | None:
+        stamps = [s.get("finished") for r in self.runs for s in r.stages.values() if isinstance(s, dict) and s.get("finished")]
+        return max(stamps).replace("T", " ") if stamps else None
+
+    @property
+    def target(self) -> str:
+        for r in self.summaries:
+            if r.summary.get("attacked") in ("base", "aligned"):
+                return r.summary["attacked"]
+        attack = self.config.get("attack") or {}
+        return attack.get("target", "aligned") if isinstance(attack, dict) else "aligned"
+
+    # -- variants and models -------------------------------------------------------------------------------
+
+    def _variants(self) -> dict[str, dict]:
+        """Attack variants in config order: name -> {mode, directions (the family), random, at, reg_lambda}."""
+        default_family = (self.config.get("directions") or {}).get("kind", "lora_factors")
+        out: dict[str, dict] = {}
+        for v in ((self.config.get("attack") or {}).get("variants") or []):
+            if isinstance(v, dict) and v.get("name"):
+                out[v["name"]] = dict(v)
+        for run in self.runs:
+            for name, record in run.logs.items():
+                v = (record.get("config") or {}).get("variant") if isinstance(record.get("config"), dict) else None
+                if name in NOT_VARIANTS or not isinstance(v, dict):
+                    continue
+                out.setdefault(v.get("name") or name, dict(v))
+        for name, v in out.items():
+            v.setdefault("mode", "vanilla")
+            v["random"] = random_kind(v.get("random"))
+            if v["mode"] != "vanilla":
+                v["directions"] = v.get("directions") or default_family
+                v.setdefault("at", "update")
+        return out
+
+    def _models(self) -> list[str]:
+        names: list[str] = []
+        for r in self.summaries:
+            for m in (r.summary.get("models") or {}):
+                if m not in names:
+                    names.append(m)
+        order = ["base", "aligned"] + list(self.variants)
+        return [m for m in order if m in names] + [m for m in names if m not in order]
+
+    def role(self, model: str) -> str:
+        if model == "base":
+            return "base model, no LoRA"
+        if model == "aligned":
+            return "base + refusal LoRA"
+        v = self.variants.get(model)
+        if v is None:
+            return "attack variant (kind unknown)"
+        if v["mode"] == "vanilla":
+            return "attack, no defense"
+        if v["mode"] == "regularized":
+            return f"attack, regularized ({v['directions']}, lambda {v.get('reg_lambda', '?')})"
+        kind = f"{v['directions']} directions, projected at the {v['at']}"
+        if v["random"]:
+            return f"random control, {CONTROL_ROLES.get(v['random'], v['random'])} ({kind})"
+        return f"attack, orthogonal ({kind})"
+
+    @property
+    def vanilla(self) -> str | None:
+        """The undefended attack the defenses are compared with: the variant named 'vanilla', else the first one."""
+        vanillas = [m for m, v in self.variants.items() if v["mode"] == "vanilla" and m in self.models]
+        return "vanilla" if "vanilla" in vanillas else (vanillas[0] if vanillas else None)
+
+    @property
+    def defended(self) -> list[str]:
+        return [m for m, v in self.variants.items() if v["mode"] != "vanilla" and not v["random"] and m in self.models]
+
+    def _controls(self) -> dict[str, dict[str, str]]:
+        """Defended variant -> {control kind: its random control of that kind}, kinds in CONTROL_KINDS order: the
+        summary's ``controls`` map first, else the config's random variants (see ``_config_controls``)."""
+        given = self._summary_controls()
+        out = {}
+        for name, v in self.variants.items():
+            if v["mode"] == "vanilla" or v["random"]:
+                continue
+            found = {**self._config_controls(name), **given.get(name, {})}
+            if found:
+                out[name] = {kind: found[kind] for kind in CONTROL_KINDS if kind in found}
+        return out
+
+    def _summary_controls(self) -> dict[str, dict[str, str]]:
+        """The summaries' ``controls``: ``{defence: {kind: control}}``, or the older ``{defence: control}`` (same
+        rank)."""
+        given: dict[str, dict[str, str]] = {}
+        for r in self.summaries:
+            for defence, entry in (r.summary.get("controls") or {}).items():
+                entry = {"same_rank": entry} if isinstance(entry, str) else entry
+                if isinstance(entry, dict):
+                    given.setdefault(defence, {}).update(
+                        {k: c for k, c in entry.items() if k in CONTROL_KINDS and isinstance(c, str)})
+        return given
+
+    def _config_controls(self, defence: str) -> dict[str, str]:
+        """The random variants controlling a defence, by kind: those whose ``controls`` names it, else (for the
+        kinds still missing) those without ``controls`` of the same family (``directions``) and ``at``."""
+        v, out = self.variants[defence], {}
+        for other, o in self.variants.items():
+            if o["random"] in CONTROL_KINDS and o.get("controls") == defence:
+                out.setdefault(o["random"], other)
+        for other, o in self.variants.items():
+            if (o["random"] in CONTROL_KINDS and not o.get("controls") and o.get("directions") == v.get("directions")
+                    and o.get("at") == v.get("at")):
+                out.setdefault(o["random"], other)
+        return out
+
+    # -- prompt sets ---------------------------------------------------------------------------------------
+
+    def _sets(self) -> list[str]:
+        names: list[str] = []
+        for r in self.summaries:
+            for s in list(r.summary.get("prompt_sets") or {}) + [s for per in (r.summary.get("models") or {}).values()
+                                                                   if isinstance(per, dict) for s in per]:
+                if s not in names:
+                    names.append(s)
+        return names
+
+    def _set_roles(self) -> tuple[list[str], list[str]]:
+        harmful = [s for r in self.summaries for s in (r.summary.get("harmful_sets") or [])]
+        benign = [s for r in self.summaries for s in (r.summary.get("benign_sets") or [])]
+        if not benign:
+            benign = [s for s in self.sets if BENIGN_NAME.match(s) and s not in harmful]
+        if not harmful:
+            harmful = [s for s in self.sets if s not in benign]
+        uniq = lambda xs: [s for s in self.sets if s in set(xs)] + [s for s in dict.fromkeys(xs) if s not in self.sets]
+        return uniq(harmful), uniq(benign)
+
+    def prompts(self, set_name: str) -> int | None:
+        counts = {(r.summary.get("prompt_sets") or {}).get(set_name) for r in self.summaries} - {None}
+        return max(counts) if counts else None
+
+    # -- numbers -------------------------------------------------------------------------------------------
+
+    def rate(self, model: str, set_name: str) -> Rate | None:
+        entries = []
+        for r in self.summaries:
+            e = ((r.summary.get("models") or {}).get(model) or {}).get(set_name)
+            if isinstance(e, dict) and (e.get("rate") is not None or no_verdict_count(e)):
+                entries.append((r.seed, e))
+        if not entries:
+            return None
+        errors = sum(no_verdict_count(e) for _, e in entries)
+        entries = [(s, e) for s, e in entries if e.get("rate") is not None]
+        if not entries:
+            return Rate(None, 0, 0, None, errors, {})
+        per_seed = {s: float(e["rate"]) for s, e in entries}
+        counted = all(isinstance(e.get("k"), int) and isinstance(e.get("n"), int) for _, e in entries)
+        if len(entries) == 1:
+            (_, e), = entries
+            ci = e.get("ci95")
+            if not ci and counted:
+                ci = wilson_interval(e["k"], e["n"])
+            return Rate(float(e["rate"]), e.get("k"), e.get("n"), tuple(ci) if ci else None, errors, per_seed)
+        if counted:
+            k, n = sum(e["k"] for _, e in entries), sum(e["n"] for _, e in entries)
+            return Rate(k / n if n else None, k, n, wilson_interval(k, n), errors, per_seed)
+        mean = seed_summary(list(per_seed.values()))["mean"]
+        return Rate(mean, None, None, None, errors, per_seed)
+
+    def has_rate(self, model: str, set_name: str) -> bool:
+        r = self.rate(model, set_name)
+        return r is not None and r.rate is not None
+
+    def utility(self, model: str, key: str) -> dict | None:
+        values = {}
+        for r in self.summaries:
+            v = ((r.summary.get("utility") or {}).get(model) or {}).get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                values[r.seed] = float(v)
+        return {**seed_summary(list(values.values())), "per_seed": values} if values else None
+
+    def mcnemar(self, set_name: str, a: str, b: str) -> dict | None:
+        """Discordant counts and exact p of A vs B on a set; over several seeds the discordant pairs are summed
+        (an exact test of the same null: within each seed, a discordant pair is equally likely either way)."""
+        found = []
+        for r in self.summaries:
+            for row in ((r.summary.get("mcnemar") or {}).get(set_name) or []):
+                parsed = _mcnemar_row(row)
+                if parsed is None:
+                    continue
+                x, y, only_x, only_y, n_pairs, p = parsed
+                if (x, y) == (a, b):
+                    found.append((r.seed, only_x, only_y, n_pairs, p))
+                elif (x, y) == (b, a):
+                    found.append((r.seed, only_y, only_x, n_pairs, p))
+        if not found:
+            return None
+        if len(found) == 1:
+            s, bb, cc, n_pairs, p = found[0]
+            p = p if p is not None else (mcnemar_exact(bb, cc) if bb is not None and cc is not None else None)
+            return {"a_only": bb, "b_only": cc, "n_pairs": n_pairs, "p_value": p, "per_seed": {s: p}}
+        if any(f[1] is None or f[2] is None for f in found):
+            return None
+        bb, cc = sum(f[1] for f in found), sum(f[2] for f in found)
+        return {"a_only": bb, "b_only": cc, "n_pairs": sum(f[3] or 0 for f in found), "p_value": mcnemar_exact(bb, cc),
+                "per_seed": {f[0]: f[4] for f in found}}
+
+    def mcnemar_pairs(self, set_name: str) -> list[tuple[str, str]]:
+        pairs = []
+        for r in self.summaries:
+            for row in ((r.summary.get("mcnemar") or {}).get(set_name) or []):
+                parsed = _mcnemar_row(row)
+                if parsed and (parsed[0], parsed[1]) not in pairs and (parsed[1], parsed[0]) not in pairs:
+                    pairs.append((parsed[0], parsed[1]))
+        return pairs
+
+    @property
+    def ceiling(self) -> str:
+        """The model the attack fine-tunes, before the attack: the refusal a defense can keep."""
+        return "base" if self.target == "base" else "aligned"
+
+    def verdict_pairs(self) -> list[tuple[str, str, str, str]]:
+        """(set, A, B, kind) of every comparison the verdict makes, on every harmful set. kind: 'attack' (vanilla
+        vs the ceiling), 'vanilla' (a defence vs vanilla), 'same_rank' / 'matched' (a defence vs that control)."""
+        pairs = []
+        for set_name in self.harmful_sets:
+            if self.vanilla:
+                pairs.append((set_name, self.vanilla, self.ceiling, "attack"))
+            for name in self.defended:
+                if self.vanilla:
+                    pairs.append((set_name, name, self.vanilla, "vanilla"))
+                pairs += [(set_name, name, control, kind) for kind, control in self.controls.get(name, {}).items()]
+        return pairs
+
+    @cached_property
+    def comparisons(self) -> dict[tuple[str, str, str], dict]:
+        """The verdict's comparisons with a rate on both sides, keyed (set, A, B), each decided on its McNemar p
+        Holm-corrected over the family (those of them that have a paired test)."""
+        found: dict[tuple[str, str, str], dict] = {}
+        for set_name, a, b, kind in self.verdict_pairs():
+            c = self._raw_comparison(a, b, set_name)
+            if c is not None and (set_name, a, b) not in found:
+                found[(set_name, a, b)] = {**c, "kind": kind}
+        family = [c for c in found.values() if c["p"] is not None]
+        for c, adjusted in zip(family, holm_bonferroni([c["p"] for c in family])):
+            c["p_holm"] = adjusted
+        for c in found.values():
+            _decide(c)
+        return found
+
+    @property
+    def family(self) -> list[dict]:
+        """The comparisons whose p-values are corrected together (those with a paired test), in verdict order."""
+        return [c for c in self.comparisons.values() if c["p"] is not None]
+
+    def compare(self, a: str, b: str, set_name: str) -> dict | None:
+        """Is A's refusal rate on the set above B's, below it, or not distinguishable from it? One of the
+        verdict's comparisons is decided within its family; any other pair alone (a family of one)."""
+        if (set_name, a, b) in self.comparisons:
+            return self.comparisons[(set_name, a, b)]
+        c = self._raw_comparison(a, b, set_name)
+        if c is not None:
+            c["p_holm"] = c["p"]
+            _decide(c)
+        return c
+
+    def _raw_comparison(self, a: str, b: str, set_name: str) -> dict | None:
+        """A's and B's rates, their paired test, and over seeds in how many A differs from B the pooled way."""
+        ra, rb = self.rate(a, set_name), self.rate(b, set_name)
+        if ra is None or rb is None or ra.rate is None or rb.rate is None:
+            return None
+        test = self.mcnemar(set_name, a, b)
+        diff = ra.rate - rb.rate
+        common = [s for s in ra.per_seed if s in rb.per_seed]
+        agree = sum((ra.per_seed[s] - rb.per_seed[s]) * diff > 0 for s in common)
+        apart = bool(ra.ci95 and rb.ci95 and (ra.ci95[0] > rb.ci95[1] or rb.ci95[0] > ra.ci95[1]))
+        return {"set": set_name, "names": (a, b), "a": ra, "b": rb, "test": test,
+                "p": test["p_value"] if test else None, "p_holm": None, "apart": apart, "diff": diff,
+                "seeds": (agree, len(common)), "consistent": len(common) <= 1 or agree == len(common)}
+
+    def removed_share(self, model: str) -> dict | None:
+        """Mean share of the update (``at: update``) or gradient norm the projection removed: each seed's mean over
+        its logged steps, summarised over seeds (``seed_summary``); None when the logs have none."""
+        at = (self.variants.get(model) or {}).get("at", "update")
+        keys = ["update_removed_frac", "grad_removed_frac"]
+        keys = keys[::-1] if at == "gradient" else keys
+        means = []
+        for _, log in self.step_logs(model):
+            for key in keys:
+                values = [x[key] for x in log.get("losses") or [] if isinstance(x.get(key), (int, float))]
+                if values:
+                    means.append(sum(values) / len(values))
+                    break
+        return seed_summary(means) if means else None
+
+    def step_logs(self, model: str) -> list[tuple[Any, dict]]:
+        return [(r.seed, r.logs[model]) for r in self.runs if model in r.logs]
+
+    def diagnostics(self, model: str) -> dict | None:
+        """The weight-space diagnostics ('overall'), averaged over seeds."""
+        found = []
+        for r in self.runs:
+            d = ((r.summary or {}).get("diagnostics") or {}).get(model) or (r.logs.get(model) or {}).get("diagnostics")
+            if isinstance(d, dict) and isinstance(d.get("overall"), dict):
+                found.append(d["overall"])
+        if not found:
+            return None
+        keys = [k for k in ("cosine", "energy_in_ref_subspace", "attack_norm", "modules") if k in found[0]]
+        return {k: seed_summary([float(f[k]) for f in found if isinstance(f.get(k), (int, float))]) for k in keys}
+
+
+def random_kind(value: Any) -> str | None:
+    """A variant's ``random`` as a control kind: None (not a control), 'same_rank' (also ``true``, as older runs
+    wrote it) or 'matched'; any other text is kept as it is."""
+    if value is None or value is False:
+        return None
+    text = "same_rank" if value is True else str(value).strip().lower().replace("-", "_")
+    if text in ("", "false", "none", "null"):
+        return None
+    return "same_rank" if text == "true" else text

@@ -1,0 +1,216 @@
+"""The report's plots: matplotlib Figure objects on the Agg canvas (no pyplot, no display), as PNG blocks."""
+
+from __future__ import annotations
+
+import io
+
+from orthoguard.metrics import seed_summary
+from orthoguard.report.constants import CONTROL_ROLES, PALETTE, STEP_KEYS
+from orthoguard.report.experiment import Experiment
+from orthoguard.report.render import Block, note
+
+
+def _figure(width: float = 8.0, height: float = 4.2, ncols: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig, axes
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _seed_styles(exp: Experiment) -> dict:
+    styles = ["-", "--", ":", "-."]
+    return {s: styles[i % len(styles)] for i, s in enumerate(exp.seeds)}
+
+
+def plot_training_loss(exp: Experiment):
+    """Training loss of every attack variant on one axis (one line per seed)."""
+    fig, (ax,) = _figure()
+    styles, drawn = _seed_styles(exp), 0
+    for m in exp.variants:
+        for i, (seed, log) in enumerate(exp.step_logs(m)):
+            pts = [(x["step"], x["loss"]) for x in log.get("losses") or [] if isinstance(x.get("loss"), (int, float))]
+            if not pts:
+                continue
+            label = m + (f" (seed {seed})" if exp.multi and len(exp.seeds) <= 4 else "") if (i == 0 or len(exp.seeds) <= 4) else None
+            ax.plot(*zip(*pts), color=exp.colors[m], linestyle=styles.get(seed, "-"), lw=1.4, alpha=0.9, label=label,
+                    marker="." if len(pts) < 30 else None)
+            drawn += 1
+    if not drawn:
+        return None, "Training loss: no attack variant has a loss log yet."
+    ax.set(xlabel="optimizer step", ylabel="training loss", title="Attack training loss")
+    ax.legend(fontsize=8, ncol=2)
+    return fig, None
+
+
+def plot_refusal_rates(exp: Experiment):
+    """Refusal rate per model and prompt set, with 95% interval bars (per-seed rates as small dots)."""
+    if not exp.models or not exp.sets:
+        return None, "Refusal rates: results/summary.json is absent."
+    sets = exp.harmful_sets + exp.benign_sets + [s for s in exp.sets if s not in exp.harmful_sets + exp.benign_sets]
+    fig, (ax,) = _figure(max(8.0, 0.8 * len(exp.models) * max(1, len(sets)) / 1.6 + 3), 4.6)
+    width = 0.8 / len(sets)
+    markers = ["o", "s", "^", "D", "v", "P"]
+    drawn = 0
+    for j, s in enumerate(sets):
+        xs, ys, lo, hi = [], [], [], []
+        for i, m in enumerate(exp.models):
+            r = exp.rate(m, s)
+            if r is None or r.rate is None:
+                continue
+            x = i + (j - (len(sets) - 1) / 2) * width
+            xs.append(x)
+            ys.append(100 * r.rate)
+            lo.append(100 * (r.rate - r.ci95[0]) if r.ci95 else 0)
+            hi.append(100 * (r.ci95[1] - r.rate) if r.ci95 else 0)
+            if exp.multi:
+                ax.scatter([x] * len(r.per_seed), [100 * v for v in r.per_seed.values()], s=10, color="#555555", zorder=3)
+        if not xs:
+            continue
+        drawn += len(xs)
+        role = "harmful" if s in exp.harmful_sets else "benign" if s in exp.benign_sets else "other"
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt=markers[j % len(markers)], capsize=4, ms=7, label=f"{s} ({role})",
+                    color=PALETTE[j % len(PALETTE)])
+    if not drawn:
+        return None, "Refusal rates: no model has a decided rate (see the judge errors)."
+    ax.set_xticks(range(len(exp.models)), exp.models, rotation=20, ha="right")
+    ax.set(ylabel="refusal rate (%)", ylim=(-3, 103), title="Refusal rate per model and prompt set (95% interval)")
+    ax.legend(fontsize=8)
+    return fig, None
+
+
+def plot_refusal_decay(exp: Experiment):
+    """Probe refusal rate against attack training step for every variant: the refusal-decay curve."""
+    fig, (ax,) = _figure()
+    drawn, undecided = 0, False
+    for m in exp.variants:
+        curves = [(seed, log["probes"]) for seed, log in exp.step_logs(m) if isinstance(log.get("probes"), list) and log["probes"]]
+        if not curves:
+            continue
+        by_step: dict[int, list] = {}
+        for _, probes in curves:
+            for p in probes:
+                if isinstance(p.get("refusal_rate"), (int, float)):
+                    by_step.setdefault(p["step"], []).append(p)
+        steps = sorted(by_step)
+        if not steps:
+            undecided = True
+            continue
+        mean = [100 * sum(p["refusal_rate"] for p in by_step[s]) / len(by_step[s]) for s in steps]
+        style = dict(color=exp.colors[m], alpha=0.18)
+        if len(curves) == 1:
+            lo = [100 * (by_step[s][0].get("ci95") or [None, None])[0] if by_step[s][0].get("ci95") else mv for s, mv in zip(steps, mean)]
+            hi = [100 * (by_step[s][0].get("ci95") or [None, None])[1] if by_step[s][0].get("ci95") else mv for s, mv in zip(steps, mean)]
+            ax.fill_between(steps, lo, hi, **style, lw=0)
+        else:
+            sd = [100 * (seed_summary([p["refusal_rate"] for p in by_step[s]])["std"] or 0.0) for s in steps]
+            ax.fill_between(steps, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)], **style, lw=0)
+        kind = exp.variants[m].get("random")
+        ax.plot(steps, mean, color=exp.colors[m], marker="o", ms=5, lw=1.8, label=m + _control_suffix(kind),
+                **_control_style(kind))
+        drawn += 1
+    if not drawn and undecided:
+        return None, "Refusal decay: the probes have no decided verdict (every probe response was a judge error)."
+    if not drawn:
+        return None, "Refusal decay: the attack logs have no 'probes' (set attack.probe_every to record them)."
+    n = sorted({p.get("n") for m in exp.variants for _, log in exp.step_logs(m) for p in log.get("probes") or [] if p.get("n")})
+    band = "mean ± std over seeds" if exp.multi else "95% interval"
+    ax.set(xlabel="attack optimizer step", ylabel="probe refusal rate (%)", ylim=(-3, 103),
+           title=f"Refusal decay during the attack ({band}; probe n = {', '.join(map(str, n)) or '?'})")
+    ax.legend(fontsize=8, ncol=2)
+    return fig, None
+
+
+def _control_suffix(kind: str | None) -> str:
+    return f" (random control, {CONTROL_ROLES.get(kind, kind)})" if kind else ""
+
+
+def _control_style(kind: str | None) -> dict:
+    """Solid for attacks; hollow markers for random controls: dashed (same rank), dotted (matched), dash-dot (other)."""
+    if not kind:
+        return dict(linestyle="-")
+    dashes = {"same_rank": (0, (5, 3)), "matched": (0, (1, 2))}.get(kind, "-.")
+    return dict(linestyle=dashes, mfc="white")
+
+
+def plot_tradeoff(exp: Experiment):
+    """Over-refusal (x) against refusal (y), one point per model: up and to the left is better."""
+    if not exp.harmful_sets or not exp.benign_sets:
+        return None, "Safety/utility trade-off: needs both a harmful and a benign prompt set in the results."
+    hs, bs = exp.harmful_sets[0], exp.benign_sets[0]
+    fig, (ax,) = _figure(6.8, 5.2)
+    drawn = 0
+    for m in exp.models:
+        rh, rb = exp.rate(m, hs), exp.rate(m, bs)
+        if rh is None or rb is None or rh.rate is None or rb.rate is None:
+            continue
+        xerr = [[100 * (rb.rate - rb.ci95[0])], [100 * (rb.ci95[1] - rb.rate)]] if rb.ci95 else None
+        yerr = [[100 * (rh.rate - rh.ci95[0])], [100 * (rh.ci95[1] - rh.rate)]] if rh.ci95 else None
+        ax.errorbar([100 * rb.rate], [100 * rh.rate], xerr=xerr, yerr=yerr, fmt="o", ms=8, capsize=3,
+                    color=exp.colors.get(m, "#333333"), alpha=0.85, label=m)
+        ax.annotate(m, (100 * rb.rate, 100 * rh.rate), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        drawn += 1
+    if not drawn:
+        return None, "Safety/utility trade-off: no model has rates on both sets."
+    ax.set(xlabel=f"over-refusal on {bs} (%)", ylabel=f"refusal on {hs} (%)", xlim=(-3, 103), ylim=(-3, 103),
+           title="Safety vs over-refusal (95% intervals)")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig, None
+
+
+def plot_step_diagnostics(exp: Experiment):
+    """Per-step projection diagnostics (share of the gradient/update removed, regularizer penalty)."""
+    present = [k for k in STEP_KEYS if any(isinstance(x.get(k), (int, float)) for m in exp.variants
+                                           for _, log in exp.step_logs(m) for x in log.get("losses") or [])]
+    if not present:
+        return None, "Projection diagnostics over steps: no variant logged grad_removed_frac, update_removed_frac or reg_penalty."
+    fig, axes = _figure(4.2 * len(present) + 1, 4.0, ncols=len(present))
+    styles = _seed_styles(exp)
+    for ax, key in zip(axes, present):
+        for m in exp.variants:
+            for i, (seed, log) in enumerate(exp.step_logs(m)):
+                pts = [(x["step"], x[key]) for x in log.get("losses") or [] if isinstance(x.get(key), (int, float))]
+                if pts:
+                    ax.plot(*zip(*pts), color=exp.colors[m], linestyle=styles.get(seed, "-"), lw=1.4,
+                            label=m if i == 0 else None, marker="." if len(pts) < 30 else None)
+        ax.set(xlabel="optimizer step", ylabel=STEP_KEYS[key], title=key)
+        if key.endswith("_frac"):
+            ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+    return fig, None
+
+
+PLOTS = [
+    ("training_loss.png", plot_training_loss, "Training loss of every attack variant (line style: seed)."),
+    ("refusal_rates.png", plot_refusal_rates, "Refusal rate per model and prompt set; bars: 95% Wilson interval"
+                                              " (pooled over seeds; dots: single seeds)."),
+    ("refusal_decay.png", plot_refusal_decay, "Refusal on a small fixed probe set during the attack: a defense that "
+                                              "holds stays up; hollow markers: random controls (dashed: same rank, "
+                                              "dotted: matched removed share)."),
+    ("tradeoff.png", plot_tradeoff, "Over-refusal against refusal, one point per model: top left is safe and helpful."),
+    ("step_diagnostics.png", plot_step_diagnostics, "Projection diagnostics at each optimizer step."),
+]
+
+
+def plot_blocks(exp: Experiment) -> list[Block]:
+    blocks = [Block("heading", "Plots")]
+    for filename, fn, caption in PLOTS:
+        try:
+            fig, why = fn(exp)
+        except Exception as exc:  # a malformed field must not sink the whole report
+            fig, why = None, f"{filename}: not drawn ({exc.__class__.__name__}: {exc})"
+        if fig is None:
+            blocks.append(note(why))
+            continue
+        blocks.append(Block("image", caption, image=_png(fig), file=filename))
+    return blocks
