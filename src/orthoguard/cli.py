@@ -227,6 +227,13 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def weight_space_families() -> list[str]:
+    """The families `directions --refusal_adapter_path` can compute from an adapter alone (not activation)."""
+    from orthoguard.families import family_names
+
+    return family_names(needs_model=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orthoguard", description="Refusal LoRA, refusal directions, vanilla and orthogonal attacks, evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -262,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refusal_adapter_path", "--refusal-adapter-path")
     p.add_argument("--output_path", "--output-path", default="artifacts/refusal_param_directions.safetensors")
     p.add_argument("--base_model_name", "--base-model-name")
-    p.add_argument("--kind", default="lora_factors", choices=["lora_factors", "delta_w", "subspace"],
+    p.add_argument("--kind", default="lora_factors", choices=weight_space_families(),
                    help="direction family (activation needs a model: use `directions CONFIG`)")
     p.set_defaults(func=cmd_directions)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orthoguard.errors import ConfigError
 
@@ -95,13 +95,29 @@ class SynthConfig(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
 
 
-Family = Literal["lora_factors", "delta_w", "subspace", "activation"]
+def known_family(name: str) -> str:
+    """A direction family registered in ``orthoguard.families`` (lazy import: the families import this module)."""
+    from orthoguard.families import family_names
+
+    names = family_names()
+    if name not in names:
+        raise ValueError(f"unknown direction family '{name}' (known: {', '.join(names)})")
+    return name
+
+
+def regularizable_families() -> list[str]:
+    from orthoguard.families import family_names
+
+    return family_names(regularizable=True)
+
+
+FamilyName = Annotated[str, AfterValidator(known_family)]  # lora_factors, delta_w, subspace, activation, ...
 
 
 class DirectionsConfig(Strict):
     """How the refusal directions of each family are computed (variants choose the family)."""
 
-    kind: Family = "lora_factors"  # the family of variants that name none (and of `orthoguard directions`)
+    kind: FamilyName = "lora_factors"  # the family of variants that name none (and of `orthoguard directions`)
     subspace_k: int | None = Field(None, gt=0)  # fixed k for `subspace`; None: the smallest k reaching the energy
     subspace_energy: float = Field(0.9, gt=0, le=1)
     # activation: difference of mean residual-stream activations (harmful - harmless instructions) at the last
@@ -117,7 +133,7 @@ RANDOM_KINDS: tuple[str, ...] = ("same_rank", "matched")
 class AttackVariant(Strict):
     name: str
     mode: Literal["vanilla", "orthogonal", "regularized"] = "vanilla"
-    directions: Family | None = None  # orthogonal/regularized: the family (default: directions.kind)
+    directions: FamilyName | None = None  # orthogonal/regularized: the family (default: directions.kind)
     # orthogonal: a random control of the defence it `controls`. same_rank: random directions with the family's keys,
     # shapes and ranks; matched: random subspaces sized to remove the same share of the update norm as that defence
     # (measured on its training). `true` means same_rank.
@@ -144,8 +160,11 @@ class AttackVariant(Strict):
 
     @model_validator(mode="after")
     def _regularized_families(self) -> "AttackVariant":
-        if self.mode == "regularized" and (self.random or self.directions not in (None, "lora_factors", "delta_w")):
-            raise ValueError(f"variant '{self.name}': regularized mode takes directions lora_factors or delta_w, not random")
+        if self.mode != "regularized":
+            return self
+        supported = regularizable_families()
+        if self.random or self.directions not in (None, *supported):
+            raise ValueError(f"variant '{self.name}': regularized mode takes directions {' or '.join(supported)}, not random")
         return self
 
     @model_validator(mode="after")
@@ -172,7 +191,7 @@ class VariantGrid(Strict):
     """Orthogonal variants for every combination, named ``<family>-<at>`` (``-random`` / ``-matched`` for the
     same-rank and matched controls). ``random: [false, true]`` is ``[false, same_rank]``."""
 
-    directions: list[Family]
+    directions: list[FamilyName]
     at: list[Literal["gradient", "update"]] = Field(default_factory=lambda: ["update"])
     random: list[RandomKind | bool | None] = Field(default_factory=lambda: [False, "same_rank", "matched"])
 

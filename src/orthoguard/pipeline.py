@@ -21,18 +21,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from orthoguard import data as D
 from orthoguard import distributed
 from orthoguard.config import AttackVariant, ExperimentConfig, dump_config
 from orthoguard.diagnostics import weight_diagnostics
-from orthoguard.directions import (activation_directions, compute_directions, load_directions,
-                                   matched_random_subspaces, module_factors, random_like, save_directions)
+from orthoguard.directions import compute_directions, load_directions, module_factors, random_like, save_directions
 from orthoguard.errors import DataError, OrthoguardError
-from orthoguard.generation import GenerationSettings, chat_prompt, generate
+from orthoguard.generation import GenerationSettings, generate
 from orthoguard.io import fingerprint, read_json, read_jsonl, write_json, write_jsonl, write_text
 from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
+from orthoguard.families import get_family
+from orthoguard.families.matched import matched_random_subspaces
 from orthoguard.judges import get_judge
 from orthoguard.prompts import load_prompt_set, prompt_set_name
 from orthoguard.models import load_with_adapters, resolve_precision
@@ -363,38 +362,16 @@ def stage_directions(run: Run) -> None:
             "adapter": str(run.adapter("refusal"))})
 
 
-def family_directions(run: Run, family: str) -> dict:
-    if family != "activation":
-        return compute_directions(family, run.adapter("refusal"), run.cfg.directions)
+def family_directions(run: Run, name: str) -> dict:
+    """The directions of family ``name``: from the refusal adapter, or, for a family that needs a model
+    (activation), from the model the attack fine-tunes."""
+    family = get_family(name)
+    if not family.needs_model:
+        return compute_directions(name, run.adapter("refusal"), run.cfg.directions)
     model, tokenizer, _ = load_with_adapters(run.cfg.model, attacked_adapters(run))
-    n = run.cfg.directions.activation_prompts
-    r, layer = refusal_activation_direction(model, tokenizer, D.load_harmful_instructions("train")[:n],
-                                            D.load_harmless("train")[:n], run.cfg.directions.activation_layer)
-    log.info("activation direction from layer %d, %d + %d prompts", layer, n, n)
-    shapes = {m: B.shape[0] for m, (_, B) in module_factors(run.adapter("refusal")).items()}
+    directions = family.build_from_model(model, tokenizer, module_factors(run.adapter("refusal")), run.cfg.directions)
     del model
-    return activation_directions(r, shapes)
-
-
-@torch.inference_mode()
-def refusal_activation_direction(model, tokenizer, harmful: list[str], harmless: list[str], layer: float, batch_size: int = 16):
-    """Difference of mean residual-stream activations at the last prompt token (Arditi et al. 2024)."""
-    n_layers = model.config.num_hidden_layers
-    index = int(layer) if layer >= 1 else max(1, round(layer * n_layers))
-    if index > n_layers:
-        raise DataError(f"directions.activation_layer {layer} is beyond the model's {n_layers} layers")
-    tokenizer.padding_side = "left"
-
-    def mean_activation(prompts: list[str]) -> torch.Tensor:
-        total = None
-        for start in range(0, len(prompts), batch_size):
-            texts = [chat_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            hidden = model(**batch, output_hidden_states=True).hidden_states[index][:, -1, :].float().sum(0)
-            total = hidden if total is None else total + hidden
-        return total / len(prompts)
-
-    return (mean_activation(harmful) - mean_activation(harmless)).cpu(), index
+    return directions
 
 
 def attack_samples(run: Run) -> list:

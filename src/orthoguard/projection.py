@@ -1,10 +1,13 @@
-"""Constraints that keep an attack LoRA's weight change away from the refusal change.
+"""Constraints that keep an attack LoRA's weight change away from the refusal change: where they are enforced,
+and the checks every family's constraint builder shares.
 
-One constraint per LoRA tensor or module, by direction family (see ``directions.py`` for how each is built):
+Each direction family (``orthoguard/families/<family>.py``) defines its constraint, one per LoRA tensor or module:
 
 - ``lora_factors`` (the seed's): per LoRA tensor p with unit direction u:   <p - p0, u> = 0
 - ``delta_w``: per module, U = dW_ref / ||dW_ref||_F (kept low-rank as L @ R):   <B A, U>_F = 0
 - ``subspace`` / ``activation``: per module, orthonormal U_k (d_out x k):   U_k^T B = 0  (so U_k^T B A = 0)
+- the matched random control (``matched``, any family): a random k-dimensional subspace of each constrained
+  tensor's longer side removed from its change.
 
 Where the constraint is enforced (``at``):
 
@@ -12,20 +15,12 @@ Where the constraint is enforced (``at``):
   momentum and weight decay act after that, so the step actually taken is not orthogonal: the constraint drifts.
 - ``update``: after the step, the forbidden component of the change is removed (for these linear constraints,
   equivalently, the parameters are re-projected), so the constraint holds exactly whatever the optimizer did.
-
-A matched random control (``matched``) removes, from each LoRA tensor it constrains, a random k-dimensional subspace
-of the tensor's longer side (B: its d_out rows; A: its d_in columns), with k sized from the share of that tensor's
-update energy that the defence it controls removed (see ``directions.matched_random_subspaces``).
-
-For ``delta_w`` the constraint is bilinear in (A, B): at ``update`` B is projected against M = U A^T for the current
-A, which makes <B A, U> = <B, U A^T> = 0 exactly; at ``gradient`` both gradients are projected on the tangent space
-(B's against U A^T, A's against B^T U), which holds only to first order.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -46,109 +41,45 @@ def project_out_columns(g: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return g - U @ (U.T @ g)
 
 
-@dataclass
-class FactorConstraint:
-    """The seed's: one unit direction per LoRA tensor."""
+class Constraint(Protocol):
+    """What the Projector needs of a family's constraint."""
 
-    param: torch.nn.Parameter
-    u: torch.Tensor
-    initial: torch.Tensor = field(init=False)
+    def project_gradient_(self) -> None: ...  # remove the forbidden component of the parameters' gradients
 
-    def __post_init__(self):
-        self.initial = self.param.detach().float().clone()
+    def project_update_(self) -> None: ...  # remove the forbidden component of the change since the start
 
-    def project_gradient_(self) -> None:
-        if self.param.grad is not None:
-            self.param.grad.copy_(project_out(self.param.grad.float(), self.u))
-
-    def project_update_(self) -> None:
-        change = self.param.detach().float() - self.initial
-        self.param.data.copy_(self.initial + project_out(change, self.u))
-
-    def params(self):
-        return [self.param]
+    def params(self) -> list[torch.nn.Parameter]: ...
 
 
-@dataclass
-class OutputSubspaceConstraint:
-    """U^T B = 0 for a module's LoRA B (families subspace, activation)."""
+class TensorConstraint:
+    """A linear constraint on one tensor's change from where training started: ``remove`` maps a gradient or a
+    change to its allowed part (subclasses define it); the update placement re-projects the change."""
 
-    B: torch.nn.Parameter
-    U: torch.Tensor
-    initial: torch.Tensor = field(init=False)
+    def __init__(self, param: torch.nn.Parameter):
+        self.param = param
+        self.initial = param.detach().float().clone()
 
-    def __post_init__(self):
-        self.initial = self.B.detach().float().clone()
-
-    def project_gradient_(self) -> None:
-        if self.B.grad is not None:
-            self.B.grad.copy_(project_out_columns(self.B.grad.float(), self.U))
-
-    def project_update_(self) -> None:
-        change = self.B.detach().float() - self.initial
-        self.B.data.copy_(self.initial + project_out_columns(change, self.U))
-
-    def params(self):
-        return [self.B]
-
-
-@dataclass
-class DeltaWConstraint:
-    """<B A, U>_F = 0 with U = L @ R (never materialised as d_out x d_in)."""
-
-    A: torch.nn.Parameter
-    B: torch.nn.Parameter
-    L: torch.Tensor  # d_out x r_ref
-    R: torch.Tensor  # r_ref x d_in
-
-    def _m(self) -> torch.Tensor:  # U A^T, d_out x r
-        return self.L @ (self.R @ self.A.detach().float().T)
-
-    def _n(self) -> torch.Tensor:  # B^T U, r x d_in
-        return (self.B.detach().float().T @ self.L) @ self.R
-
-    def project_gradient_(self) -> None:
-        if self.B.grad is not None:
-            self.B.grad.copy_(project_out(self.B.grad.float(), self._m()))
-        if self.A.grad is not None:
-            self.A.grad.copy_(project_out(self.A.grad.float(), self._n()))
-
-    def project_update_(self) -> None:
-        self.B.data.copy_(project_out(self.B.detach().float(), self._m()))
-
-    def params(self):
-        return [self.A, self.B]
-
-
-@dataclass
-class RandomSubspaceConstraint:
-    """The matched control: (I - Q Q^T) applied to a tensor's change on its rows (``left``) or columns (``right``)."""
-
-    param: torch.nn.Parameter
-    Q: torch.Tensor  # orthonormal columns: d x k, d the size of the constrained side
-    side: str  # "left": rows (B, d_out x r); "right": columns (A, r x d_in)
-    initial: torch.Tensor = field(init=False)
-
-    def __post_init__(self):
-        self.initial = self.param.detach().float().clone()
-
-    def _remove(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.Q @ (self.Q.T @ x) if self.side == "left" else x - (x @ self.Q) @ self.Q.T
+    def remove(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def project_gradient_(self) -> None:
         if self.param.grad is not None:
-            self.param.grad.copy_(self._remove(self.param.grad.float()))
+            self.param.grad.copy_(self.remove(self.param.grad.float()))
 
     def project_update_(self) -> None:
         change = self.param.detach().float() - self.initial
-        self.param.data.copy_(self.initial + self._remove(change))
+        self.param.data.copy_(self.initial + self.remove(change))
 
-    def params(self):
+    def params(self) -> list[torch.nn.Parameter]:
         return [self.param]
 
 
-Constraint = FactorConstraint | OutputSubspaceConstraint | DeltaWConstraint | RandomSubspaceConstraint
 _LORA = re.compile(r"\.lora_[AB]\.weight$")
+
+
+def trainable_tensors(named_params: dict[str, torch.nn.Parameter]) -> dict[str, torch.nn.Parameter]:
+    """Trainable parameters by their saved (canonical) name."""
+    return {canonical_name(n): p for n, p in named_params.items() if p.requires_grad}
 
 
 def lora_modules(named_params: dict[str, torch.nn.Parameter]) -> dict[str, dict[str, torch.nn.Parameter]]:
@@ -182,60 +113,11 @@ def _check_shape(name: str, got: tuple, want: tuple) -> None:
 def build_constraints(
     named_params: dict[str, torch.nn.Parameter], directions: dict[str, torch.Tensor], family: str
 ) -> list[Constraint]:
-    """Pair the trainable LoRA tensors with a direction file of ``family``; any gap or mismatch is an error."""
-    modules = lora_modules(named_params)
-    example = next(iter(sorted(modules)), "-")
-    if family == "lora_factors":
-        tensors = {canonical_name(n): p for n, p in named_params.items() if p.requires_grad}
-        _check_match(set(directions), set(tensors), "parameters", next(iter(sorted(tensors)), "-"))
-        out = []
-        for name, param in tensors.items():
-            _check_shape(name, directions[name].shape, param.shape)
-            out.append(FactorConstraint(param, directions[name].to(param.device, torch.float32)))
-        return out
-    if family == "delta_w":
-        wanted = {k[: -len(".L")] for k in directions if k.endswith(".L")}
-        _check_match(wanted, set(modules), "modules", example)
-        out = []
-        for name in sorted(wanted):
-            A, B = modules[name]["A"], modules[name]["B"]
-            L, R = directions[f"{name}.L"], directions[f"{name}.R"]
-            _check_shape(f"{name}.L", (L.shape[0], R.shape[1]), (B.shape[0], A.shape[1]))
-            out.append(DeltaWConstraint(A, B, L.to(B.device, torch.float32), R.to(B.device, torch.float32)))
-        return out
-    if family in ("subspace", "activation"):
-        wanted = {k[: -len(".U")] for k in directions if k.endswith(".U")}
-        # activation constrains only the modules that write into the residual stream; the rest train freely
-        available = set(modules) if family == "subspace" else {m for m in modules if m.endswith(("o_proj", "down_proj"))}
-        _check_match(wanted, available, "modules", example)
-        out = []
-        for name in sorted(wanted):
-            B, U = modules[name]["B"], directions[f"{name}.U"]
-            _check_shape(f"{name}.U", (U.shape[0],), (B.shape[0],))
-            out.append(OutputSubspaceConstraint(B, U.to(B.device, torch.float32)))
-        return out
-    if family == "matched":
-        return _matched_constraints(named_params, directions) if directions else []
-    raise DirectionError(f"unknown direction family '{family}'")
+    """Pair the trainable LoRA tensors with a direction file of ``family`` (the family's module says how); any gap
+    or mismatch is an error."""
+    from orthoguard.families import get_family  # the families build on this module
 
-
-MATCHED_SIDES = ("left", "right")
-
-
-def _matched_constraints(named_params: dict[str, torch.nn.Parameter], directions: dict[str, torch.Tensor]) -> list[Constraint]:
-    """A matched control constrains the tensors its defence constrained (keys ``<tensor>.left`` / ``.right``)."""
-    tensors = {canonical_name(n): p for n, p in named_params.items() if p.requires_grad}
-    wanted = {k.rsplit(".", 1)[0]: k.rsplit(".", 1)[1] for k in directions}
-    unknown = sorted(set(wanted) - set(tensors))
-    if unknown or any(side not in MATCHED_SIDES for side in wanted.values()):
-        raise DirectionError(f"the matched control's directions name {len(unknown)} tensor(s) that are not trainable "
-                             f"here, e.g. {', '.join(unknown[:3]) or min(wanted)}")
-    out = []
-    for name, side in sorted(wanted.items()):
-        param, Q = tensors[name], directions[f"{name}.{side}"]
-        _check_shape(f"{name}.{side}", (Q.shape[0],), (param.shape[0 if side == "left" else 1],))
-        out.append(RandomSubspaceConstraint(param, Q.to(param.device, torch.float32), side))
-    return out
+    return get_family(family).constraints(named_params, directions)
 
 
 class Projector:
@@ -297,3 +179,15 @@ def _removed_frac(before: list, after: list) -> float:
         removed += float((b - a.float()).pow(2).sum())
     return (removed / total) ** 0.5 if total > 0 else 0.0
 
+
+# The constraint classes live with their families; these names stay importable from here.
+_MOVED = {"FactorConstraint": "lora_factors", "DeltaWConstraint": "delta_w", "OutputSubspaceConstraint": "subspace",
+          "RandomSubspaceConstraint": "matched", "MATCHED_SIDES": "matched"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"orthoguard.families.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
