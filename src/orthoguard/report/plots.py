@@ -22,6 +22,13 @@ def _figure(width: float = 8.0, height: float = 4.2, ncols: int = 1):
     return fig, axes
 
 
+def _legend_below(fig, ax) -> None:
+    """The legend under the plot, outside the axes: with many variants it would cover the curves."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    fig.set_figheight(fig.get_figheight() + 0.22 * ((len(labels) + 1) // 2))
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -49,7 +56,7 @@ def plot_training_loss(exp: Experiment):
     if not drawn:
         return None, "Training loss: no attack variant has a loss log yet."
     ax.set(xlabel="optimizer step", ylabel="training loss", title="Attack training loss")
-    ax.legend(fontsize=8, ncol=2)
+    _legend_below(fig, ax)
     return fig, None
 
 
@@ -127,7 +134,7 @@ def plot_refusal_decay(exp: Experiment):
     band = "mean ± std over seeds" if exp.multi else "95% interval"
     ax.set(xlabel="attack optimizer step", ylabel="probe refusal rate (%)", ylim=(-3, 103),
            title=f"Refusal decay during the attack ({band}; probe n = {', '.join(map(str, n)) or '?'})")
-    ax.legend(fontsize=8, ncol=2)
+    _legend_below(fig, ax)
     return fig, None
 
 
