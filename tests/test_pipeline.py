@@ -81,9 +81,11 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     assert [p["step"] for p in log["probes"]] == [0, 1, 2] and all(p["n"] + p["errors"] == 3 for p in log["probes"])
     log = json.loads((run / "logs/training_loss_subspace.json").read_text())
     assert "update_removed_frac" in log["losses"][0]
-    # the subspace variant keeps its change out of the protected subspace; vanilla does not
-    assert log["diagnostics"]["overall"]["energy_in_ref_subspace"] < 1e-8
-    vanilla = json.loads((run / "logs/training_loss_vanilla.json").read_text())["diagnostics"]["overall"]
+    # the subspace variant keeps its change out of the protected subspace; vanilla does not (the diagnostics have
+    # their own file; the training log is written once, by training)
+    assert "diagnostics" not in log
+    assert json.loads((run / "logs/diagnostics_subspace.json").read_text())["overall"]["energy_in_ref_subspace"] < 1e-8
+    vanilla = json.loads((run / "logs/diagnostics_vanilla.json").read_text())["overall"]
     assert vanilla["energy_in_ref_subspace"] > 1e-4
     assert "refusal on harmfulqa-test" in capsys.readouterr().out
     summary = json.loads((run / "results/summary.json").read_text())
@@ -184,7 +186,8 @@ def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_mod
     assert main(["run", str(path)]) == 0
     record = json.loads((run / "stages.json").read_text())["attack:vanilla"]
     assert "adapters/refusal" in record["inputs"] and str(model.resolve()) in record["inputs"]
-    assert set(record["outputs"]) == {"adapters/attack-vanilla", "logs/training_loss_vanilla.json"}
+    assert set(record["outputs"]) == {"adapters/attack-vanilla", "logs/training_loss_vanilla.json",
+                                      "logs/diagnostics_vanilla.json"}
 
     # a truncated adapter is reported by path and trained again, nothing upstream is
     weights = run / "adapters/attack-vanilla/adapter_model.safetensors"
@@ -220,3 +223,38 @@ def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_mod
     assert main(["run", str(path), "--output-dir", str(moved)]) == 0
     stage_messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage ")]
     assert len(stage_messages) == 7 and all(m.endswith("up to date, skipped") for m in stage_messages), stage_messages
+
+
+def test_a_stage_reruns_when_a_value_it_reads_changes(tmp_path, tiny_model_dir, caplog, monkeypatch):
+    """The refusal probes of the attack stages generate with evaluation.batch_size and judge with evaluation.judge:
+    changing the batch size redoes every attack and the evaluation; evaluation.max_new_tokens, read by the
+    evaluation alone, redoes only it. HarmfulQA is read once per run, and the attack set built once."""
+    from orthoguard import data as D
+
+    calls = {"load_harmfulqa": 0, "attack_samples": 0}
+
+    def counted(name):
+        real = getattr(D, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(D, name, counted(name))
+    variants = [{"name": "vanilla"}, {"name": "orthogonal", "mode": "orthogonal", "directions": "lora_factors"}]
+    path = _config(tmp_path, tiny_model_dir, attack__variants=variants, evaluation__prompt_sets=[])
+    run = tmp_path / "run"
+    assert main(["run", str(path)]) == 0
+    # once for both attack variants, once for the evaluation's held-out attack questions
+    assert calls == {"load_harmfulqa": 1, "attack_samples": 2}
+
+    cfg = yaml.safe_load(path.read_text())
+    cfg["evaluation"]["batch_size"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    assert _rerun(path, run, caplog) == {"attack:vanilla", "attack:orthogonal", "evaluate"}
+
+    cfg["evaluation"]["max_new_tokens"] = 6
+    path.write_text(yaml.safe_dump(cfg))
+    assert _rerun(path, run, caplog) == {"evaluate"}

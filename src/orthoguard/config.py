@@ -111,6 +111,16 @@ def regularizable_families() -> list[str]:
     return family_names(regularizable=True)
 
 
+def known_mode(name: str) -> str:
+    """An attack mode registered in ``orthoguard.modes`` (lazy import, like the families)."""
+    from orthoguard.modes import mode_names
+
+    names = mode_names()
+    if name not in names:
+        raise ValueError(f"unknown attack mode '{name}' (known: {', '.join(names)})")
+    return name
+
+
 FamilyName = Annotated[str, AfterValidator(known_family)]  # lora_factors, delta_w, subspace, activation, ...
 
 
@@ -132,7 +142,7 @@ RANDOM_KINDS: tuple[str, ...] = ("same_rank", "matched")
 
 class AttackVariant(Strict):
     name: str
-    mode: Literal["vanilla", "orthogonal", "regularized"] = "vanilla"
+    mode: Annotated[str, AfterValidator(known_mode)] = "vanilla"  # vanilla, orthogonal, regularized (orthoguard.modes)
     directions: FamilyName | None = None  # orthogonal/regularized: the family (default: directions.kind)
     # orthogonal: a random control of the defence it `controls`. same_rank: random directions with the family's keys,
     # shapes and ranks; matched: random subspaces sized to remove the same share of the update norm as that defence

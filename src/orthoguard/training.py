@@ -1,8 +1,9 @@
 """LoRA supervised fine-tuning on the HF Trainer: refusal training and attack training.
 
 The Trainer owns the loop (AdamW, linear warm-up, accumulation, clipping at max_grad_norm, mixed precision).
-Orthogonal mode adds a callback that enforces the projection around each optimizer step; regularized mode adds a
-penalty to the loss (a Trainer subclass).
+What an attack mode adds comes as training hooks (``TrainingHook``, see ``orthoguard.modes``): orthogonal mode's
+enforces the projection around each optimizer step (a callback), regularized mode's adds a penalty to the loss (a
+Trainer subclass). ``projection=`` / ``regularizer=`` are shorthands for those two hooks.
 
 Given a ``checkpoint_dir``, training saves a resumable checkpoint every ``save_steps`` optimizer steps (the
 Trainer's adapter, optimizer, scheduler, RNG states and data position, plus our loss and probe records) and a
@@ -243,6 +244,51 @@ class RegularizedTrainer(OrthoguardTrainer):
         return result + penalty
 
 
+class TrainingHook:
+    """What an attack mode adds to one training run: callbacks (after the loss log, before the caller's), a Trainer
+    class with its extra keyword arguments (at most one hook may choose the class), and fields of the loss log."""
+
+    trainer_class: type[OrthoguardTrainer] | None = None
+
+    def callbacks(self, peft_model, loss_log: LossLog) -> list[TrainerCallback]:
+        return []
+
+    def trainer_kwargs(self, peft_model, loss_log: LossLog) -> dict[str, Any]:
+        return {}
+
+    def log_fields(self) -> dict[str, Any]:
+        return {}
+
+
+class ProjectionHook(TrainingHook):
+    """Orthogonal mode: every optimizer step constrained away from ``spec``'s directions."""
+
+    def __init__(self, spec: ProjectionSpec) -> None:
+        self.spec, self.project = spec, None
+
+    def callbacks(self, peft_model, loss_log):
+        named = dict(peft_model.named_parameters())
+        constraints = build_constraints(named, self.spec.directions, self.spec.family)
+        names = {id(p): canonical_name(n) for n, p in named.items()}
+        self.project = Project(Projector(constraints, self.spec.at, names), loss_log)
+        return [self.project]
+
+    def log_fields(self):
+        return {"projection": {"family": self.spec.family, **self.project.summary()}} if self.project else {}
+
+
+class PenaltyHook(TrainingHook):
+    """Regularized mode: a penalty on movement along ``spec``'s directions, added to every loss."""
+
+    trainer_class = RegularizedTrainer
+
+    def __init__(self, spec: RegularizerSpec) -> None:
+        self.spec = spec
+
+    def trainer_kwargs(self, peft_model, loss_log):
+        return {"penalty": penalty_fn(dict(peft_model.named_parameters()), self.spec), "loss_log": loss_log}
+
+
 @dataclass
 class TrainResult:
     adapter_dir: Path
@@ -302,12 +348,14 @@ def train_lora(
     regularizer: RegularizerSpec | None = None,
     log_config: dict[str, Any] | None = None,
     callbacks: list[TrainerCallback] = (),
+    hooks: list[TrainingHook] = (),
     checkpoint_dir: str | Path | None = None,
     init_seed: int | None = None,
 ) -> TrainResult:
     """Wrap ``model`` in a fresh LoRA, train it on ``dataset`` and save the adapter and the loss log.
 
-    With ``projection`` every optimizer step is constrained away from the refusal directions. With
+    ``hooks`` are what the attack mode adds (``TrainingHook``); ``projection`` (every optimizer step constrained
+    away from the refusal directions) and ``regularizer`` (a penalty) add the orthogonal and regularized hooks. With
     ``checkpoint_dir`` a killed call, made again, resumes from its newest complete checkpoint; the folder is
     removed once the adapter is saved. ``init_seed`` (default ``seed``) seeds the LoRA initialisation alone;
     ``seed`` seeds the data order and dropout.
@@ -323,14 +371,15 @@ def train_lora(
         peft_model.enable_input_require_grads()
     tokenizer.padding_side = "right"
     loss_log = LossLog()
+    hooks = list(hooks) + ([ProjectionHook(projection)] if projection is not None else []) \
+        + ([PenaltyHook(regularizer)] if regularizer is not None else [])
+    trainer_classes = {h.trainer_class for h in hooks if h.trainer_class is not None}
+    if len(trainer_classes) > 1:
+        raise ValueError(f"{mode}: training hooks ask for different Trainer classes: {sorted(c.__name__ for c in trainer_classes)}")
+    trainer_class = trainer_classes.pop() if trainer_classes else OrthoguardTrainer
     all_callbacks: list[TrainerCallback] = [loss_log]
-    project = None
-    if projection is not None:
-        named = dict(peft_model.named_parameters())
-        constraints = build_constraints(named, projection.directions, projection.family)
-        names = {id(p): canonical_name(n) for n, p in named.items()}
-        project = Project(Projector(constraints, projection.at, names), loss_log)
-        all_callbacks.append(project)
+    for hook in hooks:
+        all_callbacks.extend(hook.callbacks(peft_model, loss_log))
     all_callbacks.extend(callbacks)  # after the projection, so they see the gradients that are applied
     records = CheckpointRecords([cb for cb in all_callbacks if hasattr(cb, "records")])
     all_callbacks.append(records)
@@ -344,10 +393,10 @@ def train_lora(
         records.restore(resume)
         log.info("%s: resuming from %s", mode, resume)
     try:
-        extra = {}
-        if regularizer is not None:
-            extra = {"penalty": penalty_fn(dict(peft_model.named_parameters()), regularizer), "loss_log": loss_log}
-        trainer = (RegularizedTrainer if regularizer is not None else OrthoguardTrainer)(
+        extra: dict[str, Any] = {}
+        for hook in hooks:
+            extra.update(hook.trainer_kwargs(peft_model, loss_log))
+        trainer = trainer_class(
             **extra,
             model=peft_model,
             args=training_arguments(cfg, str(trainer_dir), seed, precision, checkpoints=checkpoint_dir is not None),
@@ -381,8 +430,8 @@ def train_lora(
         }
         for probe in (cb for cb in callbacks if isinstance(cb, RefusalProbe)):
             record["probes"] = probe.records
-        if project is not None:
-            record["projection"] = {"family": projection.family, **project.summary()}
+        for hook in hooks:
+            record.update(hook.log_fields())
         write_json(log_path, record)
         if checkpoint_dir is not None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -11,6 +11,7 @@ from typing import Any
 from orthoguard.metrics import holm_bonferroni, mcnemar_exact, no_verdict_count, seed_summary, wilson_interval
 from orthoguard.report.constants import (BENIGN_NAME, CONTROL_KINDS, CONTROL_ROLES, FIXED_COLORS, NOT_VARIANTS,
                                          PALETTE)
+from orthoguard.modes import MODES
 from orthoguard.report.load import RunData
 from orthoguard.report.stats import Rate, _decide, _mcnemar_row
 
@@ -84,7 +85,7 @@ class Experiment:
         for name, v in out.items():
             v.setdefault("mode", "vanilla")
             v["random"] = random_kind(v.get("random"))
-            if v["mode"] != "vanilla":
+            if not _undefended(v["mode"]):
                 v["directions"] = v.get("directions") or default_family
                 v.setdefault("at", "update")
         return out
@@ -106,7 +107,7 @@ class Experiment:
         v = self.variants.get(model)
         if v is None:
             return "attack variant (kind unknown)"
-        if v["mode"] == "vanilla":
+        if _undefended(v["mode"]):
             return "attack, no defense"
         if v["mode"] == "regularized":
             return f"attack, regularized ({v['directions']}, lambda {v.get('reg_lambda', '?')})"
@@ -118,12 +119,12 @@ class Experiment:
     @property
     def vanilla(self) -> str | None:
         """The undefended attack the defenses are compared with: the variant named 'vanilla', else the first one."""
-        vanillas = [m for m, v in self.variants.items() if v["mode"] == "vanilla" and m in self.models]
+        vanillas = [m for m, v in self.variants.items() if _undefended(v["mode"]) and m in self.models]
         return "vanilla" if "vanilla" in vanillas else (vanillas[0] if vanillas else None)
 
     @property
     def defended(self) -> list[str]:
-        return [m for m, v in self.variants.items() if v["mode"] != "vanilla" and not v["random"] and m in self.models]
+        return [m for m, v in self.variants.items() if not _undefended(v["mode"]) and not v["random"] and m in self.models]
 
     def _controls(self) -> dict[str, dict[str, str]]:
         """Defended variant -> {control kind: its random control of that kind}, kinds in CONTROL_KINDS order: the
@@ -131,7 +132,7 @@ class Experiment:
         given = self._summary_controls()
         out = {}
         for name, v in self.variants.items():
-            if v["mode"] == "vanilla" or v["random"]:
+            if _undefended(v["mode"]) or v["random"]:
                 continue
             found = {**self._config_controls(name), **given.get(name, {})}
             if found:
@@ -349,13 +350,21 @@ class Experiment:
         """The weight-space diagnostics ('overall'), averaged over seeds."""
         found = []
         for r in self.runs:
-            d = ((r.summary or {}).get("diagnostics") or {}).get(model) or (r.logs.get(model) or {}).get("diagnostics")
+            # the summary's copy, else logs/diagnostics_<model>.json, else (older runs) the training log's
+            d = ((r.summary or {}).get("diagnostics") or {}).get(model) or r.diagnostics.get(model) \
+                or (r.logs.get(model) or {}).get("diagnostics")
             if isinstance(d, dict) and isinstance(d.get("overall"), dict):
                 found.append(d["overall"])
         if not found:
             return None
         keys = [k for k in ("cosine", "energy_in_ref_subspace", "attack_norm", "modules") if k in found[0]]
         return {k: seed_summary([float(f[k]) for f in found if isinstance(f.get(k), (int, float))]) for k in keys}
+
+
+def _undefended(mode: Any) -> bool:
+    """Whether a variant's mode is the undefended attack (its role in ``orthoguard.modes``; a mode this version
+    does not know, from another run, is undefended only when it is named 'vanilla')."""
+    return MODES[mode].role == "undefended" if isinstance(mode, str) and mode in MODES else mode == "vanilla"
 
 
 def random_kind(value: Any) -> str | None:

@@ -20,6 +20,7 @@ class RunData:
     config: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
     logs: dict[str, dict] = field(default_factory=dict)
+    diagnostics: dict[str, dict] = field(default_factory=dict)  # logs/diagnostics_<variant>.json
     summary: dict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -50,6 +51,10 @@ def load_run(path: str | Path, seed: Any = None) -> RunData:
         record = _try_json(log_path, run.notes)
         if isinstance(record, dict):
             run.logs[log_path.stem.removeprefix("training_loss_")] = record
+    for diag_path in sorted((path / "logs").glob("diagnostics_*.json")):
+        record = _try_json(diag_path, run.notes)
+        if isinstance(record, dict):
+            run.diagnostics[diag_path.stem.removeprefix("diagnostics_")] = record
     summary = _try_json(path / "results" / "summary.json", run.notes)
     run.summary = _clean_summary(summary, path, run.notes) if isinstance(summary, dict) else None
     if run.seed is None:

@@ -1,0 +1,147 @@
+"""Attack modes: what each adds to attack training, and its role in the report.
+
+    vanilla      nothing: the undefended attack the defences are compared with
+    orthogonal   a projection of every optimizer step away from the refusal directions (or a random control's)
+    regularized  a penalty on movement along the blue - red directions, added to the loss
+
+A mode is an :class:`AttackMode` registered with :func:`register_mode`; the config accepts the registered names
+(``attack.variants[].mode``), the pipeline asks the variant's mode for its training hooks, the direction files it
+needs and the stages it reads from, and ``training.train_lora`` applies the hooks without knowing the mode.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from orthoguard.errors import DataError
+
+if TYPE_CHECKING:
+    from orthoguard.config import AttackVariant, ExperimentConfig
+    from orthoguard.training import TrainingHook
+
+
+class AttackMode:
+    name: str = ""
+    role: str = "defence"  # "undefended": the attack the defences are compared with; "defence": a defended attack
+    blue_red: bool = False  # needs the blue and red LoRAs and their difference (the blue-red stages)
+
+    def direction_keys(self, variant: AttackVariant, default_kind: str) -> set[str]:
+        """The direction files (``directions/refusal.<key>.safetensors``) the directions stage makes for it."""
+        return set()
+
+    def upstream(self, cfg: ExperimentConfig, variant: AttackVariant) -> list[str]:
+        """Stages, beyond those of every attack, whose outputs this variant's training reads."""
+        return []
+
+    def outputs(self, run: Any, variant: AttackVariant) -> list:
+        """Files, beyond the adapter, the log and the diagnostics, that this variant's stage writes."""
+        return []
+
+    def hooks(self, run: Any, variant: AttackVariant, train_cfg) -> list[TrainingHook]:
+        """What the mode adds to training (``training.TrainingHook``: callbacks, a Trainer class, log fields)."""
+        return []
+
+
+MODES: dict[str, AttackMode] = {}
+
+
+def register_mode(mode: AttackMode) -> AttackMode:
+    MODES[mode.name] = mode
+    return mode
+
+
+def mode_names() -> list[str]:
+    return list(MODES)
+
+
+def get_mode(name: str) -> AttackMode:
+    if name not in MODES:
+        raise DataError(f"unknown attack mode '{name}' (known: {', '.join(MODES)})")
+    return MODES[name]
+
+
+class Vanilla(AttackMode):
+    name, role = "vanilla", "undefended"
+
+
+class Orthogonal(AttackMode):
+    name = "orthogonal"
+
+    def direction_keys(self, variant, default_kind):
+        return set() if variant.random == "matched" else {variant.directions_key(default_kind)}
+
+    def upstream(self, cfg, variant):
+        # a matched control is sized from its defence's training log
+        return [f"attack:{defence_of(cfg, variant).name}"] if variant.random == "matched" else []
+
+    def outputs(self, run, variant):
+        return [run.directions_path(variant.directions_key(run.cfg.directions.kind))] if variant.random == "matched" else []
+
+    def hooks(self, run, variant, train_cfg):
+        from orthoguard.directions import load_directions
+        from orthoguard.training import ProjectionHook, ProjectionSpec
+
+        if variant.random == "matched":
+            return [ProjectionHook(ProjectionSpec(matched_control_directions(run, variant), "matched", variant.at))]
+        kind = run.cfg.directions.kind
+        directions, meta = load_directions(run.directions_path(variant.directions_key(kind)))
+        return [ProjectionHook(ProjectionSpec(directions, meta.get("family", variant.family(kind)), variant.at))]
+
+
+class Regularized(AttackMode):
+    name, blue_red = "regularized", True
+
+    def upstream(self, cfg, variant):
+        return ["blue-red"]
+
+    def hooks(self, run, variant, train_cfg):
+        from orthoguard.directions import load_directions
+        from orthoguard.regularization import RegularizerSpec
+        from orthoguard.training import PenaltyHook
+
+        family = variant.family(run.cfg.directions.kind)
+        directions, _ = load_directions(run.directions_path(f"blue-red.{family}"))
+        return [PenaltyHook(RegularizerSpec(directions, family, variant.reg_lambda, train_cfg.lora.alpha / train_cfg.lora.r))]
+
+
+for _mode in (Vanilla(), Orthogonal(), Regularized()):
+    register_mode(_mode)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The matched random control (orthogonal mode, random: matched)
+
+
+def defence_of(cfg: ExperimentConfig, control: AttackVariant) -> AttackVariant:
+    defence = cfg.attack.defence_of(control, cfg.directions.kind)
+    if defence is None:  # the config validator makes this unreachable for matched controls
+        raise DataError(f"variant '{control.name}': no defence to control")
+    return defence
+
+
+def matched_control_directions(run: Any, control: AttackVariant) -> dict:
+    """Random subspaces sized from what the defence's projection removed in its own training (its log), saved as
+    ``directions/refusal.matched-<control>.safetensors``."""
+    from orthoguard import distributed
+    from orthoguard.directions import save_directions
+    from orthoguard.families.matched import matched_random_subspaces
+    from orthoguard.io import read_json
+    from orthoguard.seeding import derive_seed
+
+    defence = defence_of(run.cfg, control)
+    measured = (read_json(run.log_path(defence.name)).get("projection") or {}).get("tensors")
+    if not measured:
+        raise DataError(f"{run.log_path(defence.name)}: no per-tensor projection shares to size the matched control "
+                        f"'{control.name}' from (rerun the '{defence.name}' attack)")
+    directions = matched_random_subspaces(measured, seed=derive_seed(run.cfg.seed, f"matched:{control.name}"),
+                                          target_share=mean_removed_share(read_json(run.log_path(defence.name))))
+    if distributed.is_main():
+        save_directions(run.directions_path(control.directions_key(run.cfg.directions.kind)), directions,
+                        {"family": "matched", "controls": defence.name, "base_model": run.cfg.model.name})
+    return directions
+
+
+def mean_removed_share(log: dict) -> float | None:
+    """The mean over optimizer steps of the share of the gradient or update norm that the projection removed."""
+    shares = [x[k] for x in log.get("losses") or [] for k in ("grad_removed_frac", "update_removed_frac") if k in x]
+    return sum(shares) / len(shares) if shares else None

@@ -1,0 +1,432 @@
+"""The stages of a run: each stage's body beside its declaration (``@stage``) of what it reads and writes.
+
+A declaration names the dotted config paths the body reads (``reads``; a section such as ``"model"`` is the whole
+section), values it computes from the config (``derived``), the stages whose outputs it reads (``upstream``), the
+files it writes (``outputs``), files outside the run directory it may read (``files``: config paths naming a
+local model, data or prompt file; ``a|b`` is ``a``, or ``b`` when ``a`` is empty) and whether it runs for this
+config at all (``when``). The runner (``orthoguard.pipeline``) hashes exactly the declared values, so a value a
+stage reads is in its hash when it is in its declaration. ``per_variant`` stages run once per attack variant
+(``attack:<variant>``) and their callables take the variant too.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from orthoguard import data as D
+from orthoguard import distributed
+from orthoguard.config import AttackVariant, ExperimentConfig
+from orthoguard.diagnostics import weight_diagnostics
+from orthoguard.directions import compute_directions, module_factors, random_like, save_directions
+from orthoguard.errors import DataError
+from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
+from orthoguard.families import get_family
+from orthoguard.generation import GenerationSettings, generate
+from orthoguard.io import read_json, read_jsonl, write_json, write_jsonl
+from orthoguard.judges import get_judge
+from orthoguard.models import load_with_adapters
+from orthoguard.modes import get_mode
+from orthoguard.prompts import load_prompt_set, prompt_set_name
+from orthoguard.regularization import blue_red_directions
+from orthoguard.seeding import derive_seed, lora_init_seed
+from orthoguard.training import RefusalProbe, train_lora
+
+if TYPE_CHECKING:
+    from orthoguard.pipeline import Run
+
+log = logging.getLogger(__name__)
+
+HARMFUL_SET = "harmfulqa-test"
+BENIGN_SET = "harmless-val"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    body: Callable[..., Any]
+    reads: tuple[str, ...] = ()
+    derived: Callable[..., dict] | None = None
+    upstream: tuple[str, ...] | Callable[..., list[str]] = ()
+    outputs: Callable[..., list[Path]] = lambda run, *variant: []
+    files: tuple[str | Callable[[ExperimentConfig], list[str]], ...] = ()
+    when: Callable[[ExperimentConfig], bool] | None = None
+    per_variant: bool = False
+
+    def payload(self, cfg: ExperimentConfig, *variant: AttackVariant) -> dict[str, Any]:
+        """What the config hash covers: every declared config value, and the derived ones."""
+        values = {path: config_value(cfg, path) for path in self.reads}
+        return {**values, **(self.derived(cfg, *variant) if self.derived else {})}
+
+    def upstream_of(self, cfg: ExperimentConfig, *variant: AttackVariant) -> list[str]:
+        return list(self.upstream(cfg, *variant) if callable(self.upstream) else self.upstream)
+
+    def external_files(self, cfg: ExperimentConfig) -> list[Path]:
+        names: list[str | None] = []
+        for entry in self.files:
+            if callable(entry):
+                names += entry(cfg)
+            else:
+                names.append(next((v for p in entry.split("|") if (v := config_value(cfg, p))), None))
+        return [Path(n) for n in names if n and Path(n).exists()]
+
+
+STAGES: list[Stage] = []  # in the order they run
+
+
+def stage(name: str, **declaration) -> Callable:
+    """Register the decorated function as the body of stage ``name`` with its declaration (see ``Stage``)."""
+    def register(body: Callable) -> Callable:
+        STAGES.append(Stage(name, body, **declaration))
+        return body
+    return register
+
+
+def config_value(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return _plain(node)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _model_payload(cfg: ExperimentConfig) -> dict:
+    return cfg.model.model_dump(mode="json")
+
+
+@stage("data",
+       reads=("data.source", "data.hub_split", "data.refusal_split", "data.attack_split", "data.test_split", "data.shuffle",
+              "data.max_refusal_questions", "data.max_attack_questions", "data.max_test_prompts",
+              "data.attack_heldout_questions", "data.benign_train_prompts", "data.benign_eval_prompts"),
+       derived=lambda cfg: {"probe_questions": probe_count(cfg)},
+       outputs=lambda run: [run.path("data", "splits.json")],
+       files=("data.source",))
+def stage_data(run: Run) -> None:
+    cfg = run.cfg
+    rows = run.harmfulqa()
+    splits = D.split_questions(
+        [r.question for r in rows],
+        {"refusal": cfg.data.refusal_split, "attack": cfg.data.attack_split, "test": cfg.data.test_split},
+        seed=cfg.seed,
+        shuffle=cfg.data.shuffle,
+    )
+    splits["test"], splits["probe"] = hold_out_probes(splits["test"], probe_count(cfg), cfg.data.test_split)
+    caps = {"refusal": cfg.data.max_refusal_questions, "attack": cfg.data.max_attack_questions,
+            "test": cfg.data.max_test_prompts, "probe": None}
+    splits = {name: qs[: caps[name]] if caps[name] else qs for name, qs in splits.items()}
+    # a few attack questions are never trained on: the attack's held-out loss
+    held = min(cfg.data.attack_heldout_questions, max(len(splits["attack"]) - 1, 0))
+    splits["attack"], splits["attack_heldout"] = splits["attack"][: len(splits["attack"]) - held], splits["attack"][len(splits["attack"]) - held :]
+    D.check_disjoint(**splits)
+    harmless_train, harmless_eval = D.load_harmless("train"), D.load_harmless("val")
+    rng = random.Random(cfg.seed)
+    benign = {
+        "train": rng.sample(harmless_train, min(cfg.data.benign_train_prompts, len(harmless_train))),
+        "eval": rng.sample(harmless_eval, min(cfg.data.benign_eval_prompts, len(harmless_eval))),
+    }
+    write_json(run.path("data", "splits.json"), {**splits, "benign_train": benign["train"], "benign_eval": benign["eval"],
+                                                   "source": cfg.data.source, "seed": cfg.seed})
+
+
+def probe_count(cfg: ExperimentConfig) -> int:
+    return cfg.attack.probe_prompts if cfg.attack.probe_every else 0
+
+
+def hold_out_probes(test_slice: list[str], count: int, spec: str) -> tuple[list[str], list[str]]:
+    """The refusal-decay probe questions: the last ``count`` questions of the test slice, never tested on, so the
+    decay curve and the final rates are measured on different questions."""
+    if count and len(test_slice) <= count:
+        raise DataError(f"data.test_split '{spec}' has {len(test_slice)} questions: too few to hold "
+                        f"attack.probe_prompts = {count} probe questions apart and still test")
+    return test_slice[: len(test_slice) - count], test_slice[len(test_slice) - count :]
+
+
+def load_splits(run: Run) -> dict[str, list[str]]:
+    return read_json(run.path("data", "splits.json"))
+
+
+def direction_keys(cfg: ExperimentConfig) -> list[str]:
+    """The direction files the orthogonal variants need (their modes say which), or the default family's."""
+    default = cfg.directions.kind
+    keys = set().union(*(get_mode(v.mode).direction_keys(v, default) for v in cfg.attack.variants))
+    return sorted(keys) or [default]
+
+
+def has_regularized(cfg: ExperimentConfig) -> bool:
+    return any(get_mode(v.mode).blue_red for v in cfg.attack.variants)
+
+
+def synth_questions(run: Run) -> list[str]:
+    """Questions that need a generated compliant answer: the attack split, and the refusal split when a
+    regularized variant needs a red LoRA; only where the data has no red conversations for them."""
+    if not run.cfg.synth.enabled:
+        return []
+    rows = run.harmfulqa()
+    splits = load_splits(run)
+    wanted = ["attack", "attack_heldout"] + (["refusal"] if has_regularized(run.cfg) else [])
+    questions = []
+    for name in wanted:
+        split = set(splits[name])
+        if not any(r.red for r in rows if r.question in split):
+            limit = run.cfg.synth.max_prompts
+            questions += splits[name][:limit] if limit else splits[name]
+    return questions
+
+
+@stage("synth", reads=("model", "synth"), derived=lambda cfg: {"regularized": has_regularized(cfg)}, upstream=("data",),
+       outputs=lambda run: [run.path("data", "synthetic.json")], files=("data.source", "synth.model|model.name"))
+def stage_synth(run: Run) -> None:
+    """Compliant answers generated by the (non-refusing) base model."""
+    cfg = run.cfg
+    questions = synth_questions(run)
+    items = synthesize(cfg, questions) if questions else []
+    D.save_synthetic(run.path("data", "synthetic.json"), items)
+
+
+def synthesize(cfg: ExperimentConfig, questions: list[str]) -> list[dict[str, str]]:
+    model_cfg = cfg.model.model_copy(update={"name": cfg.synth.model}) if cfg.synth.model else cfg.model
+    model, tokenizer, _ = load_with_adapters(model_cfg)
+    s = cfg.synth
+    settings = GenerationSettings(s.max_new_tokens, s.batch_size, s.do_sample, s.temperature, s.top_p)
+    answers = generate(model, tokenizer, questions, settings, seed=cfg.seed, desc="synth")
+    return [{"question": q, "harmful_answer": a, "source": model_cfg.name} for q, a in zip(questions, answers) if a.strip()]
+
+
+@stage("benign", reads=("model", "data.benign_max_new_tokens", "synth.batch_size"), upstream=("data",),
+       outputs=lambda run: [run.path("data", "benign.jsonl")], files=("model.name",))
+def stage_benign(run: Run) -> None:
+    """Ordinary answers to harmless instructions, from the base model, mixed into refusal training."""
+    cfg = run.cfg
+    prompts = load_splits(run)["benign_train"]
+    answers: list[str] = []
+    if prompts:
+        model, tokenizer, _ = load_with_adapters(cfg.model)
+        settings = GenerationSettings(max_new_tokens=cfg.data.benign_max_new_tokens, batch_size=cfg.synth.batch_size)
+        answers = generate(model, tokenizer, prompts, settings, seed=cfg.seed, desc="benign")
+    write_jsonl(run.path("data", "benign.jsonl"), [{"prompt": p, "response": a} for p, a in zip(prompts, answers) if a.strip()])
+
+
+def _samples_to_records(samples) -> list[dict]:
+    return [{"question": s.question, "source": s.source, "messages": list(s.messages)} for s in samples]
+
+
+def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], init_role: str,
+                 hooks=(), log_config=None, probe: bool = False):
+    cfg = run.cfg
+    model, tokenizer, precision = load_with_adapters(cfg.model, adapters_below)
+    callbacks = []
+    if probe and cfg.attack.probe_every:
+        prompts = load_splits(run)["probe"]
+        settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size)
+        callbacks.append(RefusalProbe(tokenizer, prompts, cfg.attack.probe_every, get_judge(cfg.evaluation.judge), settings, cfg.seed))
+    dataset, dropped = D.build_sft_dataset(tokenizer, samples, train_cfg.max_length)
+    if dropped:
+        log.warning("%s: %d samples dropped (prompt longer than max_length %d)", mode, dropped, train_cfg.max_length)
+    result = train_lora(
+        model, tokenizer, dataset, train_cfg, adapter_dir=adapter, log_path=run.log_path(mode), mode=mode,
+        seed=cfg.seed, precision=precision, hooks=hooks, log_config=log_config,
+        callbacks=callbacks, checkpoint_dir=run.checkpoint_dir(), init_seed=lora_init_seed(cfg.seed, init_role),
+    )
+    del model
+    gc.collect()
+    return result
+
+
+@stage("refusal", reads=("model", "refusal"), upstream=("data", "benign"),
+       outputs=lambda run: [run.adapter("refusal"), run.log_path("refusal")], files=("data.source", "model.name"))
+def stage_refusal(run: Run) -> None:
+    cfg = run.cfg
+    rows = run.harmfulqa()
+    splits = load_splits(run)
+    benign = [D.single_turn(r["prompt"], r["response"], "benign") for r in read_jsonl(run.path("data", "benign.jsonl"))]
+    samples = D.refusal_samples(rows, set(splits["refusal"]), random.Random(cfg.seed), benign=benign)
+    if distributed.is_main():
+        write_jsonl(run.path("data", "refusal.jsonl"), _samples_to_records(samples))
+    _train_stage(run, samples, cfg.refusal, run.adapter("refusal"), "refusal", [], "refusal",
+                 log_config={"model": _model_payload(cfg), "data": cfg.data.model_dump(mode="json"), **cfg.refusal.model_dump(mode="json")})
+
+
+@stage("directions", reads=("directions", "model", "attack.target"), derived=lambda cfg: {"keys": direction_keys(cfg)},
+       upstream=("refusal",), outputs=lambda run: [run.directions_path(k) for k in direction_keys(run.cfg)],
+       files=("model.name",))
+def stage_directions(run: Run) -> None:
+    """Every direction file the orthogonal variants need: families and their random controls."""
+    cfg = run.cfg
+    for key in direction_keys(cfg):
+        family = key.removeprefix("random-")
+        directions = family_directions(run, family)
+        if key.startswith("random-"):
+            directions = random_like(directions, family, seed=derive_seed(cfg.seed, f"random-directions:{family}"))
+        save_directions(run.directions_path(key), directions, {
+            "family": family, "random_control": str(key.startswith("random-")), "base_model": cfg.model.name,
+            "adapter": str(run.adapter("refusal"))})
+
+
+def family_directions(run: Run, name: str) -> dict:
+    """The directions of family ``name``: from the refusal adapter, or, for a family that needs a model
+    (activation), from the model the attack fine-tunes."""
+    family = get_family(name)
+    if not family.needs_model:
+        return compute_directions(name, run.adapter("refusal"), run.cfg.directions)
+    model, tokenizer, _ = load_with_adapters(run.cfg.model, attacked_adapters(run))
+    directions = family.build_from_model(model, tokenizer, module_factors(run.adapter("refusal")), run.cfg.directions)
+    del model
+    return directions
+
+
+_BLUE_RED = dict(reads=("model", "attack.target", "refusal"), upstream=("data", "synth", "refusal"),
+                 files=("data.source", "model.name"), when=lambda cfg: has_regularized(cfg))
+
+
+@stage("blue", outputs=lambda run: [run.adapter("blue"), run.log_path("blue")], **_BLUE_RED)
+def stage_blue(run: Run) -> None:
+    stage_blue_red(run, "blue")
+
+
+@stage("red", outputs=lambda run: [run.adapter("red"), run.log_path("red")], **_BLUE_RED)
+def stage_red(run: Run) -> None:
+    stage_blue_red(run, "red")
+
+
+def stage_blue_red(run: Run, color: str) -> None:
+    """Regularized mode: a blue (refusing) or red (complying) LoRA on the refusal-split questions."""
+    cfg = run.cfg
+    rows = run.harmfulqa()
+    questions = set(load_splits(run)["refusal"])
+    if color == "blue":
+        samples = D.refusal_samples(rows, questions, random.Random(cfg.seed))
+    else:
+        samples = D.attack_samples(rows, questions, D.load_synthetic(run.path("data", "synthetic.json"))).samples
+    if not samples:
+        raise DataError(f"no {color} samples for the refusal-split questions (enable synth)")
+    _train_stage(run, samples, cfg.refusal, run.adapter(color), color, attacked_adapters(run), color,
+                 log_config={"color": color, **cfg.refusal.model_dump(mode="json")})
+
+
+@stage("blue-red", derived=lambda cfg: {"families": blue_red_families(cfg)}, upstream=("blue", "red"),
+       outputs=lambda run: [run.directions_path(f"blue-red.{f}") for f in blue_red_families(run.cfg)],
+       when=lambda cfg: has_regularized(cfg))
+def stage_blue_red_directions(run: Run) -> None:
+    for family in blue_red_families(run.cfg):
+        directions = blue_red_directions(run.adapter("blue"), run.adapter("red"), family)
+        save_directions(run.directions_path(f"blue-red.{family}"), directions, {"family": family, "kind": "blue-red"})
+
+
+def blue_red_families(cfg: ExperimentConfig) -> list[str]:
+    return sorted({v.family(cfg.directions.kind) for v in cfg.attack.variants if get_mode(v.mode).blue_red})
+
+
+def build_attack_samples(run: Run) -> list:
+    """The attack training set (built once per run: ``Run.attack_samples``)."""
+    cfg = run.cfg
+    rows = run.harmfulqa()
+    synthetic = D.load_synthetic(run.path("data", "synthetic.json"))
+    if cfg.data.synthetic_data_path:
+        synthetic += D.load_synthetic(cfg.data.synthetic_data_path)
+    attack = D.attack_samples(rows, set(load_splits(run)["attack"]), synthetic)
+    if attack.unanswered_questions:
+        log.info("%d attack questions have no compliant answer and are not trained on", len(attack.unanswered_questions))
+    samples = attack.samples
+    if not samples:
+        raise DataError("no attack samples: the attack questions have no red conversations and no synthetic answers "
+                        "(enable synth or set data.synthetic_data_path)")
+    return samples
+
+
+def attack_samples(run: Run) -> list:
+    return run.attack_samples()
+
+
+def attacked_adapters(run: Run) -> list[Path]:
+    """The adapters merged into the model that the attack fine-tunes."""
+    return [run.adapter("refusal")] if run.cfg.attack.target == "aligned" else []
+
+
+@stage("attack", per_variant=True,
+       reads=("model", "attack.target", "attack.probe_every", "attack.probe_prompts", "attack.probe_max_new_tokens",
+              "evaluation.judge", "evaluation.batch_size",  # the refusal probes judge and generate with these
+              "data.synthetic_data_path", "directions.kind", "directions.subspace_k", "directions.subspace_energy"),
+       derived=lambda cfg, v: {"variant": v.model_dump(mode="json"), "train": cfg.attack.training_for(v).model_dump(mode="json")},
+       upstream=lambda cfg, v: ["data", "synth", "refusal", "directions"] + get_mode(v.mode).upstream(cfg, v),
+       outputs=lambda run, v: [run.adapter(f"attack-{v.name}"), run.log_path(v.name), run.diagnostics_path(v.name)]
+       + get_mode(v.mode).outputs(run, v),
+       files=("data.source", "model.name", "data.synthetic_data_path"))
+def stage_attack(run: Run, variant: AttackVariant) -> None:
+    """One attack LoRA; the variant's mode adds its training hooks (a projection, a penalty, nothing)."""
+    cfg = run.cfg
+    samples = run.attack_samples()
+    if distributed.is_main():
+        write_jsonl(run.path("data", "attack.jsonl"), _samples_to_records(samples))
+    train_cfg = cfg.attack.training_for(variant)
+    hooks = get_mode(variant.mode).hooks(run, variant, train_cfg)
+    log_config = {"variant": variant.model_dump(mode="json"), "target": cfg.attack.target, **train_cfg.model_dump(mode="json")}
+    adapter = run.adapter(f"attack-{variant.name}")
+    _train_stage(run, samples, train_cfg, adapter, variant.name, attacked_adapters(run), "attack", hooks=hooks,
+                 log_config=log_config, probe=True)
+    if distributed.is_main():
+        d = cfg.directions
+        found = run.adapter("refusal").is_dir()  # diagnostics compare with the refusal change; {} without it
+        write_json(run.diagnostics_path(variant.name),
+                   weight_diagnostics(adapter, run.adapter("refusal"), d.subspace_k, d.subspace_energy) if found else {})
+
+
+def evaluated_models(cfg: ExperimentConfig) -> list[str]:
+    return ["base", "aligned"] + [v.name for v in cfg.attack.variants]
+
+
+def evaluated_adapters(run: Run) -> dict[str, list[Path]]:
+    """Model name -> adapters merged into the base model, in order."""
+    models: dict[str, list[Path]] = {"base": [], "aligned": [run.adapter("refusal")]}
+    for variant in run.cfg.attack.variants:
+        models[variant.name] = attacked_adapters(run) + [run.adapter(f"attack-{variant.name}")]
+    return models
+
+
+@stage("evaluate", reads=("model", "evaluation", "attack.target", "data.benign_reference_prompts"),
+       derived=lambda cfg: {"models": sorted(evaluated_models(cfg))},
+       upstream=lambda cfg: ["data", "synth", "refusal"] + [f"attack:{v.name}" for v in cfg.attack.variants],
+       outputs=lambda run: [run.path("results", "local_refusal_test.json"), run.path("results", "summary.json")],
+       files=("data.source", "model.name", "data.synthetic_data_path",
+              lambda cfg: [ref.name for ref in cfg.evaluation.prompt_sets]))
+def stage_evaluate(run: Run) -> dict:
+    cfg = run.cfg
+    splits = load_splits(run)
+    prompt_sets = [PromptSet(HARMFUL_SET, splits["test"], harmful=True), PromptSet(BENIGN_SET, splits["benign_eval"], harmful=False)]
+    for ref in cfg.evaluation.prompt_sets:
+        recs = load_prompt_set(ref.name, limit=ref.limit, seed=cfg.seed)
+        prompt_sets.append(PromptSet(prompt_set_name(ref.name), [r.prompt for r in recs], harmful=recs[0].harmful if recs else True,
+                                     ids=[str(r.id) for r in recs], categories=[r.category for r in recs]))
+    return evaluate_models(cfg, evaluated_adapters(run), prompt_sets, run.path("results"), utility_data(run), run_facts(run))
+
+
+def utility_data(run: Run) -> UtilityData:
+    cfg = run.cfg
+    rows = run.harmfulqa()
+    synthetic = D.load_synthetic(run.path("data", "synthetic.json"))
+    heldout = D.attack_samples(rows, set(load_splits(run)["attack_heldout"]), synthetic).samples
+    return UtilityData(attack_heldout=heldout, benign_references=D.load_benign_references(cfg.data.benign_reference_prompts))
+
+
+def run_facts(run: Run) -> dict:
+    """What the report needs beside the rates: the attacked model, random controls, weight-space diagnostics."""
+    cfg = run.cfg
+    controls = cfg.attack.controls_of(cfg.directions.kind)
+    diagnostics = {}
+    for v in cfg.attack.variants:
+        found = read_json(run.diagnostics_path(v.name)) if run.diagnostics_path(v.name).is_file() else {}
+        if not found and run.log_path(v.name).is_file():  # runs from before logs/diagnostics_<variant>.json
+            found = read_json(run.log_path(v.name)).get("diagnostics") or {}
+        if isinstance(found.get("overall"), dict):
+            diagnostics[v.name] = {"overall": found["overall"]}
+    return {"attacked": cfg.attack.target, "controls": controls, "diagnostics": diagnostics}
