@@ -22,6 +22,7 @@ from orthoguard.directions import canonical_name, compute_directions, module_fac
 from orthoguard.errors import ConfigError, DirectionError
 from orthoguard.families import FAMILIES, Family, family_names, get_family, register_family, unregister_family
 from orthoguard.families.activation import RESIDUAL_WRITERS, writes_residual
+from orthoguard.families.lora_factors import random_unit_tensors
 from orthoguard.models import lora_config, resolve_precision
 from orthoguard.projection import lora_modules
 from orthoguard.regularization import blue_red_directions
@@ -64,13 +65,8 @@ class FirstRow(Family):
     def build(self, factors, settings):
         return {f"{m}.row": torch.eye(B.shape[0])[:, :1].contiguous() for m, (_, B) in factors.items()}
 
-    def random_same_rank(self, directions, seed):
-        g = torch.Generator().manual_seed(seed)
-        out = {}
-        for key in sorted(directions):
-            x = torch.randn(*directions[key].shape, generator=g)
-            out[key] = x / x.norm()
-        return out
+    def random_same_rank(self, directions, seed):  # a family may reuse another's pieces
+        return random_unit_tensors(directions, seed)
 
     def constraints(self, named_params, directions):
         modules = lora_modules(named_params)
