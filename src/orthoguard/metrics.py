@@ -105,3 +105,18 @@ def seed_summary(values: list[float]) -> dict:
     mean = sum(values) / n if n else None
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n >= 2 else None
     return {"mean": mean, "std": std, "values": list(values), "n": n}
+
+
+REMOVED_SHARE_KEYS = ("update_removed_frac", "grad_removed_frac")  # per-step projection records in a loss log
+
+
+def mean_removed_share(log: dict, at: str = "update") -> float | None:
+    """The mean over a training log's optimizer steps of the share of the update (or gradient) norm that the
+    projection removed; the key of the variant's placement ``at`` first. None when the log has none."""
+    keys = REMOVED_SHARE_KEYS[::-1] if at == "gradient" else REMOVED_SHARE_KEYS
+    for key in keys:
+        values = [x[key] for x in log.get("losses") or [] if isinstance(x.get(key), (int, float))]
+        if values:
+            return sum(values) / len(values)
+    return None
+

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from orthoguard.errors import DataError
+from orthoguard.metrics import mean_removed_share
 
 if TYPE_CHECKING:
     from orthoguard.config import AttackVariant, ExperimentConfig
@@ -129,19 +130,14 @@ def matched_control_directions(run: Any, control: AttackVariant) -> dict:
     from orthoguard.seeding import derive_seed
 
     defence = defence_of(run.cfg, control)
-    measured = (read_json(run.log_path(defence.name)).get("projection") or {}).get("tensors")
+    log = read_json(run.log_path(defence.name))
+    measured = (log.get("projection") or {}).get("tensors")
     if not measured:
         raise DataError(f"{run.log_path(defence.name)}: no per-tensor projection shares to size the matched control "
                         f"'{control.name}' from (rerun the '{defence.name}' attack)")
     directions = matched_random_subspaces(measured, seed=derive_seed(run.cfg.seed, f"matched:{control.name}"),
-                                          target_share=mean_removed_share(read_json(run.log_path(defence.name))))
+                                          target_share=mean_removed_share(log, defence.at))
     if distributed.is_main():
         save_directions(run.directions_path(control.directions_key(run.cfg.directions.kind)), directions,
                         {"family": "matched", "controls": defence.name, "base_model": run.cfg.model.name})
     return directions
-
-
-def mean_removed_share(log: dict) -> float | None:
-    """The mean over optimizer steps of the share of the gradient or update norm that the projection removed."""
-    shares = [x[k] for x in log.get("losses") or [] for k in ("grad_removed_frac", "update_removed_frac") if k in x]
-    return sum(shares) / len(shares) if shares else None

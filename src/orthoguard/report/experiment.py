@@ -8,7 +8,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from orthoguard.metrics import holm_bonferroni, mcnemar_exact, no_verdict_count, seed_summary, wilson_interval
+from orthoguard.metrics import (holm_bonferroni, mcnemar_exact, mean_removed_share, no_verdict_count, seed_summary,
+                                wilson_interval)
 from orthoguard.report.constants import (BENIGN_NAME, CONTROL_KINDS, CONTROL_ROLES, FIXED_COLORS, NOT_VARIANTS,
                                          PALETTE)
 from orthoguard.modes import MODES
@@ -332,15 +333,7 @@ class Experiment:
         """Mean share of the update (``at: update``) or gradient norm the projection removed: each seed's mean over
         its logged steps, summarised over seeds (``seed_summary``); None when the logs have none."""
         at = (self.variants.get(model) or {}).get("at", "update")
-        keys = ["update_removed_frac", "grad_removed_frac"]
-        keys = keys[::-1] if at == "gradient" else keys
-        means = []
-        for _, log in self.step_logs(model):
-            for key in keys:
-                values = [x[key] for x in log.get("losses") or [] if isinstance(x.get(key), (int, float))]
-                if values:
-                    means.append(sum(values) / len(values))
-                    break
+        means = [m for _, log in self.step_logs(model) if (m := mean_removed_share(log, at)) is not None]
         return seed_summary(means) if means else None
 
     def step_logs(self, model: str) -> list[tuple[Any, dict]]:
