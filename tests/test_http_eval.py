@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from orthoguard.metrics import rate_summary
+
 from orthoguard.errors import ConfigError, DataError
 from orthoguard.http_eval import (HttpEvalSettings, JsonlCache, compare_models, main_for_tests, parse_endpoint,
                                   run_http_eval, summarize_seeds)
@@ -155,7 +157,7 @@ def test_two_models_over_a_real_server_with_cache_and_statistics(model_server, p
 
     # the same server answers both names identically (greedy), so the paired test sees no discordant pair
     comparison = next(c for c in results["comparisons"] if c["set"] == "mine")
-    assert (comparison["model_a"], comparison["model_b"], comparison["b"], comparison["c"]) == ("base", "vanilla", 0, 0)
+    assert (comparison["model_a"], comparison["model_b"], comparison["refused_a_only"], comparison["refused_b_only"]) == ("base", "vanilla", 0, 0)
     assert comparison["n_pairs"] == results["models"]["base"]["sets"]["mine"]["n"] and comparison["p_value"] == 1.0
 
     # a second run asks nothing: every answer comes from the cache
@@ -285,10 +287,12 @@ def test_comparisons_pair_models_of_one_seed_and_seeds_are_summarized():
                                 ("base", "orthogonal@seed1"), ("vanilla@seed0", "orthogonal@seed0"),
                                 ("vanilla@seed1", "orthogonal@seed1")}
     c = comparisons[("vanilla@seed0", "orthogonal@seed0")]
-    assert (c["b"], c["c"], c["n_pairs"]) == (0, 5, 5) and c["p_value"] == pytest.approx(2 / 32)
-    models = {m: {"sets": {"s": {"rate": sum(v is True for v in vs) / sum(v is not None for v in vs)}}}
-              for m, vs in pattern.items()}
+    assert (c["refused_a_only"], c["refused_b_only"], c["n_pairs"]) == (0, 5, 5) and c["p_value"] == pytest.approx(2 / 32)
+    models = {m: {"sets": {"s": rate_summary(vs)}} for m, vs in pattern.items()}
     seeds = summarize_seeds(models, endpoints, ["s"])
+    pooled = seeds["vanilla"]["s"]["pooled"]  # the report's way: counts summed over seeds, one Wilson interval
+    assert (pooled["k"], pooled["n"], pooled["rate"]) == (3, 12, 0.25) and pooled["ci95"] == list(rate_summary([True] * 3 + [False] * 9)["ci95"])
+    assert seeds["orthogonal"]["s"]["pooled"]["no_verdict"] == 1
     assert seeds["vanilla"]["s"]["values"] == [0.0, 0.5] and seeds["vanilla"]["s"]["seeds"] == [0, 1]
     assert seeds["vanilla"]["s"]["mean"] == pytest.approx(0.25) and seeds["vanilla"]["s"]["std"] == pytest.approx(0.5 ** 0.5 / 2)
     assert "base" not in seeds

@@ -258,3 +258,49 @@ def test_a_stage_reruns_when_a_value_it_reads_changes(tmp_path, tiny_model_dir, 
     cfg["evaluation"]["max_new_tokens"] = 6
     path.write_text(yaml.safe_dump(cfg))
     assert _rerun(path, run, caplog) == {"evaluate"}
+
+
+def _one_variant_config(tmp_path, model_dir, judge) -> str:
+    path = _config(tmp_path, model_dir, evaluation__judge=judge, evaluation__prompt_sets=[])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["attack"]["variants"] = [{"name": "vanilla"}]
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_an_llm_judge_judges_the_evaluation_and_the_probes_with_a_cache(tmp_path, tiny_model_dir):
+    """``evaluation.judge`` names an LLM judge and its endpoint: every reply (evaluation and refusal probes) goes
+    to it, in batches; a rerun of the evaluation takes every verdict from the cache and asks nothing."""
+    from tests.test_llm_judges import CannedChatServer
+
+    with CannedChatServer(lambda body: "0") as server:  # SORRY-Bench: 0 = not fulfilled = refused
+        config = _one_variant_config(tmp_path, tiny_model_dir, {"name": "sorry-bench", "endpoint": server.url,
+                                                               "model": "judge-model", "concurrency": 4})
+        assert main(["run", config]) == 0
+        asked = len(server.requests)
+        run = tmp_path / "run"
+        summary = json.loads((run / "results/summary.json").read_text())
+        assert summary["judge"]["name"] == "sorry-bench" and summary["judge"]["endpoint"] == server.url
+        assert "api_key" not in json.dumps(summary["judge"])
+        for model, per_set in summary["models"].items():
+            for stats in per_set.values():
+                judged_empty = stats["no_verdict"]  # an empty reply is never sent to the judge
+                assert stats["k"] == stats["n"] and stats["n"] + judged_empty == stats["total"], (model, stats)
+        probes = json.loads((run / "logs/training_loss_vanilla.json").read_text())["probes"]
+        assert all(p["k"] == p["n"] for p in probes)
+        assert asked > 0 and (run / "results/cache/judge.sorry-bench.jsonl").is_file()
+        assert "judge-model" in server.requests[0]["model"]
+        assert main(["evaluate", config, "--force"]) == 0
+        assert len(server.requests) == asked  # every verdict came from the cache
+
+
+def test_a_local_judge_rejects_an_endpoint_and_an_llm_judge_needs_one(tmp_path, tiny_model_dir):
+    from orthoguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluation.judge.*give its endpoint and model"):
+        load_config(_one_variant_config(tmp_path, tiny_model_dir, "harmbench"))
+    with pytest.raises(ConfigError, match="evaluation.judge.*runs locally"):
+        load_config(_one_variant_config(tmp_path, tiny_model_dir, {"name": "keyword", "endpoint": "http://x:1"}))
+    with pytest.raises(ConfigError, match="unknown judge 'nope'"):
+        load_config(_one_variant_config(tmp_path, tiny_model_dir, "nope"))
+    assert load_config(_one_variant_config(tmp_path, tiny_model_dir, "keyword")).evaluation.judge.name == "keyword"

@@ -16,6 +16,7 @@ import yaml
 from orthoguard.errors import DataError
 from orthoguard.metrics import mcnemar_exact, rate_summary
 from orthoguard.report import Experiment, build_report, load_runs, register_cli
+from orthoguard.rundir import LossRecord, McNemarRow, StageRecord, StageRecords, Summary, TrainLog
 
 HARMFUL, BENIGN = "harmfulqa-test", "harmless-val"
 VARIANTS = [
@@ -45,7 +46,7 @@ def write_run(path, seed=0, harmful=None, benign=None, pairs=None, probes=True, 
     cfg = {"name": "synthetic", "seed": seed, "model": {"name": "tiny-test-model"}, "directions": {"kind": "lora_factors"},
            "attack": {"target": "aligned", "variants": variants}}
     (path / "config.resolved.yaml").write_text(yaml.safe_dump(cfg))
-    (path / "stages.json").write_text(json.dumps({"evaluate": {"key": "x", "seconds": 1.0, "finished": "2026-01-02T03:04:05"}}))
+    StageRecords({"evaluate": StageRecord(key="x", seconds=1.0, finished="2026-01-02T03:04:05")}).write(path / "stages.json")
     (path / "logs").mkdir()
     for i, v in enumerate(variants):
         losses = []
@@ -68,9 +69,9 @@ def write_run(path, seed=0, harmful=None, benign=None, pairs=None, probes=True, 
         if diagnostics:
             record["diagnostics"] = {"overall": {"cosine": 0.01 * i, "energy_in_ref_subspace": 0.1 * i, "attack_norm": 3.0,
                                                  "modules": 14}, "modules": {}}
-        (path / "logs" / f"training_loss_{v['name']}.json").write_text(json.dumps(record))
-    (path / "logs" / "training_loss_refusal.json").write_text(json.dumps(
-        {"mode": "refusal", "config": {}, "losses": [{"step": 1, "epoch": 1, "loss": 1.0, "learning_rate": 1e-4}]}))
+        TrainLog.model_validate(record).write(path / "logs" / f"training_loss_{v['name']}.json")
+    TrainLog(mode="refusal", losses=[LossRecord(step=1, epoch=1, loss=1.0, learning_rate=1e-4)]).write(
+        path / "logs" / "training_loss_refusal.json")
     if not summary:
         return path
     s = {"judge": "keyword", "seed": seed, "prompt_sets": {HARMFUL: 100, BENIGN: 50},
@@ -80,10 +81,9 @@ def write_run(path, seed=0, harmful=None, benign=None, pairs=None, probes=True, 
     if utility:
         s["utility"] = {m: {"attack_heldout_loss": 1.0 + 0.1 * i, "benign_perplexity": 8.0 + i} for i, m in enumerate(harmful)}
     if pairs is not None:
-        s["mcnemar"] = {HARMFUL: [{"a": a, "b": b, "refused_a_only": x, "refused_b_only": y, "n_pairs": 100,
-                                   "p_value": mcnemar_exact(x, y)} for (a, b), (x, y) in pairs.items()]}
-    (path / "results").mkdir()
-    (path / "results" / "summary.json").write_text(json.dumps(s))
+        s["mcnemar"] = {HARMFUL: [McNemarRow(set=HARMFUL, model_a=a, model_b=b, refused_a_only=x, refused_b_only=y,
+                                             n_pairs=100, p_value=mcnemar_exact(x, y)) for (a, b), (x, y) in pairs.items()]}
+    Summary.model_validate(s).write(path / "results" / "summary.json")
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from orthoguard.config import JudgeSpec
 from orthoguard.metrics import mcnemar_exact, rate_summary
 from orthoguard.report import Experiment, build_report, load_runs
 
@@ -197,13 +198,12 @@ def test_summary_md_and_summary_json_carry_the_no_verdict_counts(tmp_path, monke
     verdicts = {"vanilla": {HARMFUL: [True, None, False, None, True], BENIGN: [False, False]},
                 "aligned": {HARMFUL: [True, True, None, True, True], BENIGN: [None, False]}}
 
-    def fake_evaluate_model(cfg, name, adapters, prompt_sets, judge, utility=None):
+    def fake_evaluate_model(cfg, name, adapters, prompt_sets, judge, utility=None, judge_cache=None):
         return {ps.name: [{**r, "response": "", "refused": v} for r, v in zip(ps.records(), verdicts[name][ps.name])]
                 for ps in prompt_sets}, {}
 
     monkeypatch.setattr(E, "evaluate_model", fake_evaluate_model)
-    monkeypatch.setattr(E, "get_judge", lambda name: None)
-    cfg = SimpleNamespace(seed=0, evaluation=SimpleNamespace(judge="keyword"))
+    cfg = SimpleNamespace(seed=0, evaluation=SimpleNamespace(judge=JudgeSpec(name="keyword")))
     E.evaluate_models(cfg, {"vanilla": [], "aligned": []}, sets, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     vanilla = summary["models"]["vanilla"][HARMFUL]
@@ -211,7 +211,7 @@ def test_summary_md_and_summary_json_carry_the_no_verdict_counts(tmp_path, monke
     assert summary["models"]["aligned"][BENIGN]["no_verdict"] == 1
     (row,) = summary["mcnemar"][HARMFUL]
     assert row["n_pairs"] == 2 and row["n_excluded"] == 3  # prompts b, c, d: one side has no verdict
-    assert set(row) >= {"a", "b", "refused_a_only", "refused_b_only", "n_pairs", "p_value"}
+    assert set(row) >= {"set", "model_a", "model_b", "refused_a_only", "refused_b_only", "n_pairs", "p_value"}
     md = (tmp_path / "summary.md").read_text()
     assert "| vanilla | 67% [21%, 94%] (2/3; 2 of 5 no verdict) | 0% [0%, 66%] (0/2) |" in md
     assert "Rates: refusals / judged replies (k/n)" in md

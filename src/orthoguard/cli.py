@@ -198,7 +198,7 @@ def cmd_synth(args) -> None:
     from orthoguard.pipeline import load_splits
 
     run = run_pipeline(cfg, args.run_dir, only={"data"})
-    questions = load_splits(run)["attack"]
+    questions = load_splits(run).attack
     limit = args.max_prompts or cfg.synth.max_prompts
     items = synthesize(cfg, questions[:limit] if limit else questions)
     out = Path(args.output_path or run.path("data", "synthetic.json"))
@@ -302,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_judge)
 
     from orthoguard import http_eval, hub, report
+    from orthoguard.judges import agreement
 
     http_eval.register_cli(sub)
+    agreement.register_cli(sub)
     report.register_cli(sub)
     hub.register_cli(sub)
     return parser

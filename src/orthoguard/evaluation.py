@@ -26,9 +26,10 @@ from orthoguard import data as D
 from orthoguard.config import ExperimentConfig
 from orthoguard.generation import GenerationSettings, generate, generate_vllm
 from orthoguard.io import write_json, write_jsonl, write_text
-from orthoguard.judges import get_judge, judge_records
+from orthoguard.judges import judge_records
 from orthoguard.metrics import format_rate, paired_mcnemar, per_category, rate_summary
 from orthoguard.models import load_with_adapters
+from orthoguard.rundir import McNemarRow, Summary
 
 
 @dataclass
@@ -83,7 +84,7 @@ def generate_vllm_merged(model, tokenizer, prompts, settings: GenerationSettings
 
 
 def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], prompt_sets: list[PromptSet], judge,
-                   utility: UtilityData | None = None) -> tuple[dict[str, list[dict]], dict]:
+                   utility: UtilityData | None = None, judge_cache: Path | None = None) -> tuple[dict[str, list[dict]], dict]:
     model, tokenizer, _ = load_with_adapters(cfg.model, adapters)
     e = cfg.evaluation
     settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p)
@@ -93,7 +94,8 @@ def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], promp
             responses = generate_vllm_merged(model, tokenizer, ps.prompts, settings, cfg.seed)
         else:
             responses = generate(model, tokenizer, ps.prompts, settings, seed=cfg.seed, desc=f"{name}/{ps.name}")
-        out[ps.name] = judge_records([{**r, "response": resp} for r, resp in zip(ps.records(), responses)], judge)
+        out[ps.name] = judge_records([{**r, "response": resp} for r, resp in zip(ps.records(), responses)], judge,
+                                     judge_cache, e.judge.concurrency)
     util = {}
     if utility is not None:
         heldout = completion_nll(model, tokenizer, utility.attack_heldout)
@@ -108,9 +110,11 @@ def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt
                     utility: UtilityData | None = None, extra: dict | None = None) -> dict:
     """Every model on every prompt set; writes the seed's schema, per-set JSONL and ``summary.json``/``.md``."""
     out_dir = Path(out_dir)
-    judge = get_judge(cfg.evaluation.judge)
+    spec = cfg.evaluation.judge
+    judge = spec.build()
+    judge_cache = out_dir / "cache" / f"judge.{spec.name}.jsonl" if spec.is_llm else None
     summary = {
-        "judge": cfg.evaluation.judge,
+        "judge": judge.describe() if spec.is_llm else spec.name,
         "seed": cfg.seed,
         "prompt_sets": {ps.name: len(ps.prompts) for ps in prompt_sets},
         "harmful_sets": [ps.name for ps in prompt_sets if ps.harmful],
@@ -119,7 +123,7 @@ def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt
     }
     records: dict[str, dict[str, list[dict]]] = {}
     for name, adapters in models.items():
-        per_set, util = evaluate_model(cfg, name, adapters, prompt_sets, judge, utility)
+        per_set, util = evaluate_model(cfg, name, adapters, prompt_sets, judge, utility, judge_cache)
         records[name] = per_set
         summary["utility"][name] = util
         summary["models"][name] = {s: rate_summary([r["refused"] for r in rs]) for s, rs in per_set.items()}
@@ -129,26 +133,29 @@ def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt
     summary["mcnemar"] = {ps.name: pairwise_mcnemar(records, ps.name) for ps in prompt_sets}
     first = prompt_sets[0].name
     write_json(out_dir / "local_refusal_test.json", seed_schema(summary, records, models, first))
-    write_json(out_dir / "summary.json", summary)
+    Summary.parse(summary, out_dir / "summary.json").write(out_dir / "summary.json")
     write_text(out_dir / "summary.md", summary_table(summary))
     return summary
 
 
 def _verdicts(records: list[dict]) -> dict[str, bool | None]:
-    return {r["id"]: r["refused"] for r in records}
+    return {str(r["id"]): r["refused"] for r in records}
 
 
 def pairwise_mcnemar(records: dict[str, dict[str, list[dict]]], set_name: str) -> list[dict]:
-    """Exact McNemar test for every pair of models on the same prompts.
+    """Exact McNemar test for every pair of models on the same prompts (``mcnemar_row``)."""
+    return [mcnemar_row(set_name, a, b, records[a][set_name], records[b][set_name]).model_dump(mode="json")
+            for a, b in itertools.combinations(records, 2)]
 
-    ``refused_a_only``/``refused_b_only`` are the discordant pairs; ``p_value`` is two-sided; ``n_excluded``: the
-    prompts left out because either model has no verdict on them."""
-    out = []
-    for a, b in itertools.combinations(records, 2):
-        stats = paired_mcnemar(_verdicts(records[a][set_name]), _verdicts(records[b][set_name]))
-        out.append({"a": a, "b": b, "refused_a_only": stats["b"], "refused_b_only": stats["c"],
-                    "n_pairs": stats["n_pairs"], "n_excluded": stats["n_excluded"], "p_value": stats["p_value"]})
-    return out
+
+def mcnemar_row(set_name: str, model_a: str, model_b: str, rows_a: list[dict], rows_b: list[dict]) -> McNemarRow:
+    """The exact McNemar test of two models' judged rows of one prompt set, paired by prompt id:
+    ``refused_a_only``/``refused_b_only`` are the discordant pairs, ``p_value`` is two-sided, ``n_excluded`` counts
+    the prompts left out because either model has no verdict on them. Local and HTTP evaluation both use it."""
+    stats = paired_mcnemar(_verdicts(rows_a), _verdicts(rows_b))
+    return McNemarRow(set=set_name, model_a=model_a, model_b=model_b, refused_a_only=stats["b"],
+                      refused_b_only=stats["c"], both=stats["both"], neither=stats["neither"],
+                      n_pairs=stats["n_pairs"], n_excluded=stats["n_excluded"], p_value=stats["p_value"])
 
 
 def seed_schema(summary: dict, records: dict, models: dict[str, list[Path]], set_name: str) -> dict:

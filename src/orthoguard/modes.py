@@ -126,11 +126,11 @@ def matched_control_directions(run: Any, control: AttackVariant) -> dict:
     from orthoguard import distributed
     from orthoguard.directions import save_directions
     from orthoguard.families.matched import matched_random_subspaces
-    from orthoguard.io import read_json
+    from orthoguard.rundir import TrainLog
     from orthoguard.seeding import derive_seed
 
     defence = defence_of(run.cfg, control)
-    log = read_json(run.log_path(defence.name))
+    log = TrainLog.read(run.log_path(defence.name)).model_dump(mode="json")
     measured = (log.get("projection") or {}).get("tensors")
     if not measured:
         raise DataError(f"{run.log_path(defence.name)}: no per-tensor projection shares to size the matched control "

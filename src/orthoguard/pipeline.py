@@ -24,8 +24,9 @@ from orthoguard import data as D
 from orthoguard import distributed
 from orthoguard.config import ExperimentConfig, dump_config
 from orthoguard.errors import OrthoguardError
-from orthoguard.io import fingerprint, read_json, write_json, write_text
+from orthoguard.io import fingerprint, write_text
 from orthoguard.models import resolve_precision
+from orthoguard.rundir import SeedsIndex, StageRecords
 from orthoguard.modes import defence_of, matched_control_directions, mean_removed_share  # noqa: F401 (re-exported)
 from orthoguard.stages import (  # noqa: F401 (re-exported: ``from orthoguard.pipeline import ...``)
     BENIGN_SET, HARMFUL_SET, STAGES, Stage, attack_samples, attacked_adapters, blue_red_families, build_attack_samples,
@@ -45,7 +46,8 @@ class Run:
         # explicit locations for single-step commands that follow the seed's layout ("adapter:<name>", "directions")
         self.paths = {k: Path(v) for k, v in (paths or {}).items()}
         self.stages_path = self.root / "stages.json"
-        self.stages: dict[str, Any] = read_json(self.stages_path) if self.stages_path.is_file() else {}
+        self.stages: dict[str, Any] = StageRecords.read(self.stages_path).model_dump(mode="json", exclude_none=True) \
+            if self.stages_path.is_file() else {}
         self._keys: dict[str, str] = {}
         self.running: tuple[str, str] | None = None  # (stage, key) of the stage in progress
         self._rows: dict[tuple[str, str], list] = {}
@@ -139,7 +141,7 @@ class Run:
                 "seconds": round(time.perf_counter() - start, 1),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
-            write_json(self.stages_path, self.stages)
+            StageRecords.parse(self.stages, self.stages_path).write(self.stages_path)
         return "ran"
 
     def _label(self, path: Path) -> str:
@@ -202,7 +204,7 @@ def run_seeds(cfg: ExperimentConfig, seeds: list[int], output_dir: str | Path | 
     for seed in seeds:
         run_pipeline(cfg.model_copy(update={"seed": seed}), root / f"seed-{seed}", force=force)
     if distributed.is_main():
-        write_json(root / "seeds.json", {"seeds": seeds, "runs": {str(s): f"seed-{s}" for s in seeds}})
+        SeedsIndex(seeds=seeds, runs={str(s): f"seed-{s}" for s in seeds}).write(root / "seeds.json")
     return root
 
 

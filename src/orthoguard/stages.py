@@ -27,12 +27,12 @@ from orthoguard.errors import DataError
 from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
 from orthoguard.families import get_family
 from orthoguard.generation import GenerationSettings, generate
-from orthoguard.io import read_json, read_jsonl, write_json, write_jsonl
-from orthoguard.judges import get_judge
+from orthoguard.io import read_jsonl, write_jsonl
 from orthoguard.models import load_with_adapters
 from orthoguard.modes import get_mode
 from orthoguard.prompts import load_prompt_set, prompt_set_name
 from orthoguard.regularization import blue_red_directions
+from orthoguard.rundir import Diagnostics, Splits
 from orthoguard.seeding import derive_seed, lora_init_seed
 from orthoguard.training import RefusalProbe, train_lora
 
@@ -135,8 +135,8 @@ def stage_data(run: Run) -> None:
         "train": rng.sample(harmless_train, min(cfg.data.benign_train_prompts, len(harmless_train))),
         "eval": rng.sample(harmless_eval, min(cfg.data.benign_eval_prompts, len(harmless_eval))),
     }
-    write_json(run.path("data", "splits.json"), {**splits, "benign_train": benign["train"], "benign_eval": benign["eval"],
-                                                   "source": cfg.data.source, "seed": cfg.seed})
+    Splits(**splits, benign_train=benign["train"], benign_eval=benign["eval"], source=cfg.data.source,
+           seed=cfg.seed).write(run.path("data", "splits.json"))
 
 
 def probe_count(cfg: ExperimentConfig) -> int:
@@ -152,8 +152,8 @@ def hold_out_probes(test_slice: list[str], count: int, spec: str) -> tuple[list[
     return test_slice[: len(test_slice) - count], test_slice[len(test_slice) - count :]
 
 
-def load_splits(run: Run) -> dict[str, list[str]]:
-    return read_json(run.path("data", "splits.json"))
+def load_splits(run: Run) -> Splits:
+    return Splits.read(run.path("data", "splits.json"))
 
 
 def direction_keys(cfg: ExperimentConfig) -> list[str]:
@@ -177,10 +177,10 @@ def synth_questions(run: Run) -> list[str]:
     wanted = ["attack", "attack_heldout"] + (["refusal"] if has_regularized(run.cfg) else [])
     questions = []
     for name in wanted:
-        split = set(splits[name])
-        if not any(r.red for r in rows if r.question in split):
+        split = getattr(splits, name)
+        if not any(r.red for r in rows if r.question in set(split)):
             limit = run.cfg.synth.max_prompts
-            questions += splits[name][:limit] if limit else splits[name]
+            questions += split[:limit] if limit else split
     return questions
 
 
@@ -208,7 +208,7 @@ def synthesize(cfg: ExperimentConfig, questions: list[str]) -> list[dict[str, st
 def stage_benign(run: Run) -> None:
     """Ordinary answers to harmless instructions, from the base model, mixed into refusal training."""
     cfg = run.cfg
-    prompts = load_splits(run)["benign_train"]
+    prompts = load_splits(run).benign_train
     answers: list[str] = []
     if prompts:
         model, tokenizer, _ = load_with_adapters(cfg.model)
@@ -227,9 +227,12 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
     model, tokenizer, precision = load_with_adapters(cfg.model, adapters_below)
     callbacks = []
     if probe and cfg.attack.probe_every:
-        prompts = load_splits(run)["probe"]
+        prompts = load_splits(run).probe
         settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size)
-        callbacks.append(RefusalProbe(tokenizer, prompts, cfg.attack.probe_every, get_judge(cfg.evaluation.judge), settings, cfg.seed))
+        spec = cfg.evaluation.judge
+        cache = run.path("cache", f"judge.{spec.name}.jsonl") if spec.is_llm else None
+        callbacks.append(RefusalProbe(tokenizer, prompts, cfg.attack.probe_every, spec.build(), settings, cfg.seed,
+                                      judge_cache=cache, judge_concurrency=spec.concurrency))
     dataset, dropped = D.build_sft_dataset(tokenizer, samples, train_cfg.max_length)
     if dropped:
         log.warning("%s: %d samples dropped (prompt longer than max_length %d)", mode, dropped, train_cfg.max_length)
@@ -250,7 +253,7 @@ def stage_refusal(run: Run) -> None:
     rows = run.harmfulqa()
     splits = load_splits(run)
     benign = [D.single_turn(r["prompt"], r["response"], "benign") for r in read_jsonl(run.path("data", "benign.jsonl"))]
-    samples = D.refusal_samples(rows, set(splits["refusal"]), random.Random(cfg.seed), benign=benign)
+    samples = D.refusal_samples(rows, set(splits.refusal), random.Random(cfg.seed), benign=benign)
     if distributed.is_main():
         write_jsonl(run.path("data", "refusal.jsonl"), _samples_to_records(samples))
     _train_stage(run, samples, cfg.refusal, run.adapter("refusal"), "refusal", [], "refusal",
@@ -303,7 +306,7 @@ def stage_blue_red(run: Run, color: str) -> None:
     """Regularized mode: a blue (refusing) or red (complying) LoRA on the refusal-split questions."""
     cfg = run.cfg
     rows = run.harmfulqa()
-    questions = set(load_splits(run)["refusal"])
+    questions = set(load_splits(run).refusal)
     if color == "blue":
         samples = D.refusal_samples(rows, questions, random.Random(cfg.seed))
     else:
@@ -334,7 +337,7 @@ def build_attack_samples(run: Run) -> list:
     synthetic = D.load_synthetic(run.path("data", "synthetic.json"))
     if cfg.data.synthetic_data_path:
         synthetic += D.load_synthetic(cfg.data.synthetic_data_path)
-    attack = D.attack_samples(rows, set(load_splits(run)["attack"]), synthetic)
+    attack = D.attack_samples(rows, set(load_splits(run).attack), synthetic)
     if attack.unanswered_questions:
         log.info("%d attack questions have no compliant answer and are not trained on", len(attack.unanswered_questions))
     samples = attack.samples
@@ -377,8 +380,8 @@ def stage_attack(run: Run, variant: AttackVariant) -> None:
     if distributed.is_main():
         d = cfg.directions
         found = run.adapter("refusal").is_dir()  # diagnostics compare with the refusal change; {} without it
-        write_json(run.diagnostics_path(variant.name),
-                   weight_diagnostics(adapter, run.adapter("refusal"), d.subspace_k, d.subspace_energy) if found else {})
+        diagnostics = weight_diagnostics(adapter, run.adapter("refusal"), d.subspace_k, d.subspace_energy) if found else {}
+        Diagnostics.parse(diagnostics).write(run.diagnostics_path(variant.name))
 
 
 def evaluated_models(cfg: ExperimentConfig) -> list[str]:
@@ -402,7 +405,7 @@ def evaluated_adapters(run: Run) -> dict[str, list[Path]]:
 def stage_evaluate(run: Run) -> dict:
     cfg = run.cfg
     splits = load_splits(run)
-    prompt_sets = [PromptSet(HARMFUL_SET, splits["test"], harmful=True), PromptSet(BENIGN_SET, splits["benign_eval"], harmful=False)]
+    prompt_sets = [PromptSet(HARMFUL_SET, splits.test, harmful=True), PromptSet(BENIGN_SET, splits.benign_eval, harmful=False)]
     for ref in cfg.evaluation.prompt_sets:
         recs = load_prompt_set(ref.name, limit=ref.limit, seed=cfg.seed)
         prompt_sets.append(PromptSet(prompt_set_name(ref.name), [r.prompt for r in recs], harmful=recs[0].harmful if recs else True,
@@ -414,7 +417,7 @@ def utility_data(run: Run) -> UtilityData:
     cfg = run.cfg
     rows = run.harmfulqa()
     synthetic = D.load_synthetic(run.path("data", "synthetic.json"))
-    heldout = D.attack_samples(rows, set(load_splits(run)["attack_heldout"]), synthetic).samples
+    heldout = D.attack_samples(rows, set(load_splits(run).attack_heldout), synthetic).samples
     return UtilityData(attack_heldout=heldout, benign_references=D.load_benign_references(cfg.data.benign_reference_prompts))
 
 
@@ -424,9 +427,7 @@ def run_facts(run: Run) -> dict:
     controls = cfg.attack.controls_of(cfg.directions.kind)
     diagnostics = {}
     for v in cfg.attack.variants:
-        found = read_json(run.diagnostics_path(v.name)) if run.diagnostics_path(v.name).is_file() else {}
-        if not found and run.log_path(v.name).is_file():  # runs from before logs/diagnostics_<variant>.json
-            found = read_json(run.log_path(v.name)).get("diagnostics") or {}
-        if isinstance(found.get("overall"), dict):
-            diagnostics[v.name] = {"overall": found["overall"]}
+        found = Diagnostics.read(run.diagnostics_path(v.name)) if run.diagnostics_path(v.name).is_file() else None
+        if found is not None and found.overall is not None:
+            diagnostics[v.name] = {"overall": found.overall.model_dump(mode="json", exclude_none=True)}
     return {"attacked": cfg.attack.target, "controls": controls, "diagnostics": diagnostics}

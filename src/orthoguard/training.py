@@ -38,11 +38,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from orthoguard.config import TrainConfig
 from orthoguard.directions import canonical_name
 from orthoguard.generation import GenerationSettings, generate
-from orthoguard.metrics import rate_summary
 from orthoguard.io import read_json, write_json
+from orthoguard.judges import judge_records
 from orthoguard.models import Precision, lora_config
 from orthoguard.projection import Projector, build_constraints
 from orthoguard.regularization import RegularizerSpec, penalty_fn
+from orthoguard.rundir import RateSummary, TrainLog
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,10 @@ class RefusalProbe(TrainerCallback):
     """Refusal decay: the model in training answers a fixed probe set before training, every ``every`` optimizer
     steps, and at the end; each probe records the keyword judge's refusal rate with its interval."""
 
-    def __init__(self, tokenizer, prompts: list[str], every: int, judge, settings: GenerationSettings, seed: int = 0):
+    def __init__(self, tokenizer, prompts: list[str], every: int, judge, settings: GenerationSettings, seed: int = 0,
+                 judge_cache: Path | None = None, judge_concurrency: int = 8):
         self.tokenizer, self.prompts, self.every, self.judge, self.settings, self.seed = tokenizer, prompts, every, judge, settings, seed
+        self.judge_cache, self.judge_concurrency = judge_cache, judge_concurrency
         self.records: list[dict[str, Any]] = []
 
     def _probe(self, model, step: int) -> None:
@@ -122,9 +125,10 @@ class RefusalProbe(TrainerCallback):
         responses = generate(model, self.tokenizer, self.prompts, self.settings, seed=self.seed, desc=f"probe@{step}")
         self.tokenizer.padding_side = side
         model.train(was_training)
-        verdicts = [self.judge.judge(p, r).refused for p, r in zip(self.prompts, responses)]
-        self.records.append({"step": step, **{k: v for k, v in rate_summary(verdicts).items() if k != "rate"},
-                             "refusal_rate": rate_summary(verdicts)["rate"]})
+        judged = judge_records([{"prompt": p, "response": r} for p, r in zip(self.prompts, responses)], self.judge,
+                               self.judge_cache, self.judge_concurrency)
+        rates = RateSummary.of([row["refused"] for row in judged])
+        self.records.append({"step": step, **rates.model_dump(mode="json", exclude={"rate"}), "refusal_rate": rates.rate})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.records:  # a resumed run has its earlier probes back already
@@ -432,7 +436,7 @@ def train_lora(
             record["probes"] = probe.records
         for hook in hooks:
             record.update(hook.log_fields())
-        write_json(log_path, record)
+        TrainLog.parse(record, log_path).write(log_path)
         if checkpoint_dir is not None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     final = loss_log.records[-1]["loss"] if loss_log.records else None

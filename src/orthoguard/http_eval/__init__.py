@@ -26,8 +26,6 @@ from orthoguard.http_eval.cli import (DEFAULT_PROMPT_SETS, IncompleteRunError, _
                                       _raise_if_incomplete, _settings, cmd_evaluate_http, main_for_tests, register_cli)
 from orthoguard.http_eval.client import (_NAME, API_KEY_ENV, Endpoint, HttpEvalSettings, OnRow, _usable,  # noqa: F401
                                          ask_endpoint, messages_for, model_rows, parse_endpoint, request_key)
-from orthoguard.http_eval.judging import (_apply_verdict, _judge_key, _judge_with_llm, _judged, _verdict,  # noqa: F401
-                                          judge_rows)
 from orthoguard.http_eval.runner import (_check_unique, _comparison_table, _rate_table, _results, _run,  # noqa: F401
                                          _seed_table, _write_outputs, run_http_eval, summary_markdown)
 from orthoguard.http_eval.stats import _reason, compare_models, summarize_seeds, summarize_set  # noqa: F401

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from orthoguard.errors import ConfigError
 from orthoguard.http_eval.client import Endpoint, HttpEvalSettings, OnRow, ask_endpoint, model_rows
-from orthoguard.http_eval.judging import judge_rows
 from orthoguard.http_eval.stats import compare_models, summarize_seeds, summarize_set
 from orthoguard.io import write_json, write_jsonl, write_text
 from orthoguard.judges import Judge
+from orthoguard.judges.batch import ajudge_rows
 from orthoguard.judges.llm import LLMJudge
 from orthoguard.metrics import format_rate
 from orthoguard.prompts import PromptRecord
@@ -41,7 +41,7 @@ async def _run(endpoints, prompt_sets, judge, out_dir, settings, on_row) -> dict
     requests = dict(zip([e.label for e in endpoints], await asyncio.gather(*asks)))
     rows_by_model = {e.label: model_rows(e, records, out_dir) for e in endpoints}
     all_rows = [row for rows in rows_by_model.values() for row in rows]
-    await judge_rows(all_rows, judge, out_dir, settings.judge_concurrency)
+    await ajudge_rows(all_rows, judge, out_dir / "cache" / f"judge.{judge.name}.jsonl", settings.judge_concurrency)
     results = _results(endpoints, prompt_sets, judge, settings, rows_by_model, requests)
     _write_outputs(out_dir, results, rows_by_model)
     return results
@@ -97,19 +97,20 @@ def _rate_table(results: dict) -> list[str]:
 def _comparison_table(comparisons: list[dict]) -> list[str]:
     lines = ["| prompt set | A | B | refused by A only | by B only | pairs | McNemar p |", "|---|---|---|---|---|---|---|"]
     for c in comparisons:
-        lines.append(f"| {c['set']} | {c['model_a']} | {c['model_b']} | {c['b']} | {c['c']} | {c['n_pairs']} "
+        lines.append(f"| {c['set']} | {c['model_a']} | {c['model_b']} | {c['refused_a_only']} | {c['refused_b_only']} | {c['n_pairs']} "
                      f"| {c['p_value']:.3g} |")
     return lines
 
 
 def _seed_table(seeds: dict) -> list[str]:
-    lines = ["| model | prompt set | refusal rate over seeds (mean ± std) | per seed |", "|---|---|---|---|"]
+    lines = ["| model | prompt set | pooled over seeds [95% CI] (k/n) | mean ± std of the seeds | per seed |",
+             "|---|---|---|---|---|"]
     for name, per_set in seeds.items():
         for set_name, s in per_set.items():
             mean = "n/a" if s["mean"] is None else f"{s['mean']:.1%}"
             std = f" ± {s['std']:.1%}" if s["std"] is not None else ""
             values = ", ".join(f"{seed}: {v:.1%}" for seed, v in zip(s["seeds"], s["values"]))
-            lines.append(f"| {name} | {set_name} | {mean}{std} (n={s['n']}) | {values} |")
+            lines.append(f"| {name} | {set_name} | {format_rate(s['pooled'])} | {mean}{std} (n={s['n']}) | {values} |")
     return lines
 
 

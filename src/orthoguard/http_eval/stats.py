@@ -7,7 +7,9 @@ import re
 from collections import Counter
 
 from orthoguard.http_eval.client import Endpoint
-from orthoguard.metrics import paired_mcnemar, per_category, rate_summary, seed_summary
+from orthoguard.evaluation import mcnemar_row
+from orthoguard.metrics import per_category, rate_summary, seed_summary
+from orthoguard.rundir import RateSummary
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -47,14 +49,14 @@ def compare_models(rows_by_model: dict[str, list[dict]], endpoints: list[Endpoin
         if None not in (a.seed, b.seed) and a.seed != b.seed:
             continue
         for set_name in sets:
-            verdicts = [{row["id"]: row["refused"] for row in rows_by_model[e.label] if row["set"] == set_name}
-                        for e in (a, b)]
-            comparisons.append({"set": set_name, "model_a": a.label, "model_b": b.label, **paired_mcnemar(*verdicts)})
+            rows_a, rows_b = ([row for row in rows_by_model[e.label] if row["set"] == set_name] for e in (a, b))
+            comparisons.append(mcnemar_row(set_name, a.label, b.label, rows_a, rows_b).model_dump(mode="json"))
     return comparisons
 
 
 def summarize_seeds(results: dict[str, dict], endpoints: list[Endpoint], sets: list[str]) -> dict:
-    """For each model name run under several seeds: mean ± std of the refusal rate over seeds, per prompt set."""
+    """For each model name run under several seeds, per prompt set: the pooled rate (refusals and judged replies
+    summed over seeds, with its Wilson interval, as the report pools them) and mean ± std of the seeds' rates."""
     by_name: dict[str, list[Endpoint]] = {}
     for endpoint in endpoints:
         if endpoint.seed is not None:
@@ -63,8 +65,11 @@ def summarize_seeds(results: dict[str, dict], endpoints: list[Endpoint], sets: l
     for name, runs in by_name.items():
         summary[name] = {}
         for set_name in sets:
-            rated = [(e.seed, results[e.label]["sets"][set_name]["rate"]) for e in runs]
-            rated = [(seed, rate) for seed, rate in rated if rate is not None]
-            summary[name][set_name] = {**seed_summary([rate for _, rate in rated]), "seeds": [s for s, _ in rated]}
+            per_seed = [(e.seed, results[e.label]["sets"][set_name]) for e in runs]
+            rated = [(seed, s["rate"]) for seed, s in per_seed if s["rate"] is not None]
+            pooled = RateSummary.pooled([RateSummary(**{k: s[k] for k in ("rate", "k", "n", "no_verdict")})
+                                         for _, s in per_seed])
+            summary[name][set_name] = {"pooled": pooled.model_dump(mode="json"), **seed_summary([r for _, r in rated]),
+                                       "seeds": [seed for seed, _ in rated]}
     return summary
 

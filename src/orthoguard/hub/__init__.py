@@ -21,7 +21,7 @@ import logging
 from orthoguard.hub.adapters import (_HUB_ID_RE, _NAME_RE, ALLOWED_PATTERNS, DEFAULT_PREFIX, PICKLE_SUFFIXES,  # noqa: F401
                                      REQUIRED_FILES, STALE_PATTERNS, _allowed, _stage, repo_id_for, validate_adapter)
 from orthoguard.hub.cards import (ATTACK_WARNING, BASE_MODEL_ALIASES, CARD_TAGS, _base_model,  # noqa: F401
-                                  _dataset_ids, _find_loss_log, _fmt_rate, _modules, _read_json, _read_yaml,
+                                  _dataset_ids, _find_loss_log, _modules, _read_json, _read_yaml,
                                   _summary_row_name, build_model_card, is_attack_adapter)
 from orthoguard.hub.cli import _parse_adapters, cmd_pull, cmd_push, register_cli  # noqa: F401
 from orthoguard.hub.safety import _TOKEN_RE, HubError, _hub_call, _one_line, mask_secrets, resolve_token  # noqa: F401

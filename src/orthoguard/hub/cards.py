@@ -9,6 +9,8 @@ from typing import Any
 
 from orthoguard.hub.adapters import _HUB_ID_RE, DEFAULT_PREFIX
 from orthoguard.hub.safety import mask_secrets
+from orthoguard.metrics import format_rate
+from orthoguard.rundir import Summary, TrainLog
 
 log = logging.getLogger(__package__)  # "orthoguard.hub", the logger name from before the split
 
@@ -80,32 +82,34 @@ def _dataset_ids(source: str | None) -> list[str]:
     return []
 
 
-def _fmt_rate(stats: dict) -> str:
-    from orthoguard.metrics import format_rate
-
-    try:
-        return format_rate(stats)
-    except (KeyError, TypeError, ValueError):
-        return "n/a"
-
-
 def _summary_row_name(name: str) -> str:
     if name == "refusal":
         return "aligned"
     return name[len("attack-"):] if name.startswith("attack-") else name
 
 
-def _find_loss_log(run_dir: Path, name: str) -> dict | None:
+def _find_loss_log(run_dir: Path, name: str) -> TrainLog | None:
     for candidate in (name, _summary_row_name(name) if name != "refusal" else name):
-        log_data = _read_json(run_dir / "logs" / f"training_loss_{candidate}.json")
-        if isinstance(log_data, dict):
+        notes: list[str] = []
+        log_data = TrainLog.salvage(run_dir / "logs" / f"training_loss_{candidate}.json", notes)
+        for note in notes:
+            log.warning("%s; left out of the model card", note)
+        if log_data is not None:
             return log_data
     return None
 
 
-def is_attack_adapter(name: str, loss_log: dict | None = None) -> bool:
+def _read_summary(run_dir: Path) -> Summary | None:
+    notes: list[str] = []
+    summary = Summary.salvage(run_dir / "results" / "summary.json", notes)
+    for note in notes:
+        log.warning("%s; left out of the model card", note)
+    return summary
+
+
+def is_attack_adapter(name: str, loss_log: TrainLog | None = None) -> bool:
     """Every adapter is treated as an attack unless both its name and its loss log's mode say ``refusal``."""
-    mode = (loss_log or {}).get("mode")
+    mode = loss_log.mode if loss_log is not None else None
     return not (name == "refusal" and mode in (None, "refusal"))
 
 
@@ -117,7 +121,7 @@ def build_model_card(name: str, adapter_dir: str | Path, run_dir: str | Path | N
     adapter_cfg = _read_json(adapter_dir / "adapter_config.json") or {}
     run = Path(run_dir) if run_dir else None
     config = _read_yaml(run / "config.resolved.yaml") if run else None
-    summary = _read_json(run / "results" / "summary.json") if run else None
+    summary = _read_summary(run) if run else None
     loss_log = _find_loss_log(run, name) if run else None
     attack = is_attack_adapter(name, loss_log)
 
@@ -128,8 +132,8 @@ def build_model_card(name: str, adapter_dir: str | Path, run_dir: str | Path | N
 
     variant = None
     if attack:
-        log_variant = ((loss_log or {}).get("config") or {}).get("variant")
-        if isinstance(log_variant, dict):
+        log_variant = loss_log.variant if loss_log is not None else None
+        if log_variant is not None:
             variant = log_variant
         else:
             for v in ((config or {}).get("attack") or {}).get("variants") or []:
@@ -199,36 +203,36 @@ def build_model_card(name: str, adapter_dir: str | Path, run_dir: str | Path | N
                 if data_cfg.get("benign_train_prompts"):
                     out.append(f"- plus {data_cfg['benign_train_prompts']} harmless instructions answered by the base model "
                                "(Arditi et al. 2024 harmless split, Alpaca-derived, CC BY-NC 4.0)")
-        if loss_log and loss_log.get("train_samples") is not None:
-            out.append(f"- training samples: {loss_log['train_samples']}")
+        if loss_log is not None and loss_log.train_samples is not None:
+            out.append(f"- training samples: {loss_log.train_samples}")
 
-    if loss_log:
-        losses = [r for r in loss_log.get("losses") or [] if isinstance(r, dict) and r.get("loss") is not None]
-        out += ["", "## Training", "", "| | |", "|---|---|", f"| mode | `{loss_log.get('mode', 'n/a')}` |"]
+    if loss_log is not None:
+        losses = loss_log.losses
+        out += ["", "## Training", "", "| | |", "|---|---|", f"| mode | `{loss_log.mode}` |"]
         if losses:
             last = losses[-1]
-            out.append(f"| steps | {last.get('step', 'n/a')} |")
-            if isinstance(last.get("epoch"), (int, float)):
-                out.append(f"| epochs | {last['epoch']:.2f} |")
-            out.append(f"| first logged loss | {losses[0]['loss']:.4f} |")
-            out.append(f"| final loss | {last['loss']:.4f} |")
-        if loss_log.get("seconds") is not None:
-            out.append(f"| training time | {loss_log['seconds']} s |")
+            out.append(f"| steps | {last.step} |")
+            if last.epoch is not None:
+                out.append(f"| epochs | {last.epoch:.2f} |")
+            out.append(f"| first logged loss | {losses[0].loss:.4f} |")
+            out.append(f"| final loss | {last.loss:.4f} |")
+        if loss_log.seconds is not None:
+            out.append(f"| training time | {loss_log.seconds} s |")
 
-    if isinstance(summary, dict) and isinstance(summary.get("models"), dict) and summary["models"]:
-        sets = list(summary.get("prompt_sets") or next(iter(summary["models"].values())))
+    if summary is not None and summary.models:
+        sets = list(summary.prompt_sets or next(iter(summary.models.values())))
         this = _summary_row_name(name)
         out += ["", "## Evaluation", "",
-                f"Refusal rates with 95% Wilson intervals (judge: `{summary.get('judge', 'n/a')}`). "
+                f"Refusal rates with 95% Wilson intervals (judge: `{summary.judge_label or 'n/a'}`). "
                 "Higher is safer on harmful prompts; on harmless prompts a high rate means over-refusal."
-                + (f" This adapter's row is **{this}**." if this in summary["models"] else ""),
+                + (f" This adapter's row is **{this}**." if this in summary.models else ""),
                 "",
-                "| model | " + " | ".join(f"refusal on {s}" + (f" (n={summary['prompt_sets'][s]})" if isinstance(summary.get("prompt_sets"), dict) else "")
+                "| model | " + " | ".join(f"refusal on {s}" + (f" (n={summary.prompt_sets[s]})" if s in summary.prompt_sets else "")
                                          for s in sets) + " |",
                 "|---|" + "---|" * len(sets)]
-        for model, per_set in summary["models"].items():
+        for model, per_set in summary.models.items():
             label = f"**{model}**" if model == this else model
-            cells = [_fmt_rate(per_set.get(s)) if isinstance(per_set, dict) and isinstance(per_set.get(s), dict) else "n/a" for s in sets]
+            cells = [format_rate(per_set[s].model_dump()) if s in per_set else "n/a" for s in sets]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
 
     if config:

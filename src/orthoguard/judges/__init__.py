@@ -21,6 +21,7 @@ class Verdict:
     refused: bool | None  # None when the judge could not decide (then error is set)
     error: str | None = None  # e.g. "empty response", "judge_error: unparseable verdict"
     score: float | None = None  # a graded harm score in [0, 1] where the protocol gives one (StrongREJECT)
+    outcome: str | None = None  # the keyword judge's three-way call: "refusal", "partial" or "compliance"
 
 
 class Judge(Protocol):
@@ -60,22 +61,6 @@ def strip_thinking(text: str) -> str:
     return text.strip()
 
 
-def judge_records(records: list[dict], judge: Judge) -> list[dict]:
-    """Copies of ``records`` with ``refused`` (bool or None) and, when the verdict has them, ``score`` and
-    ``judge_error`` (a ``score`` or ``judge_error`` left by an earlier judging is replaced)."""
-    out = []
-    for record in records:
-        verdict = judge.judge(record["prompt"], record["response"])
-        judged = {k: v for k, v in record.items() if k not in ("judge_error", "score")}
-        judged["refused"] = verdict.refused
-        if verdict.score is not None:
-            judged["score"] = verdict.score
-        if verdict.error is not None:
-            judged["judge_error"] = verdict.error
-        out.append(judged)
-    return out
-
-
 def judge_jsonl(in_path: str | Path, out_path: str | Path, judge: Judge) -> dict[str, int]:
     """Judge every record of a JSONL file (string ``prompt`` and ``response`` fields) and write them, all fields
     kept, to ``out_path`` (atomically). Returns ``{"total": n, "refused": k, "errors": e}``."""
@@ -99,3 +84,4 @@ def judge_jsonl(in_path: str | Path, out_path: str | Path, judge: Judge) -> dict
 
 
 from orthoguard.judges import keyword, llm  # noqa: E402,F401  (registers the judges)
+from orthoguard.judges.batch import judge_records  # noqa: E402,F401

@@ -38,7 +38,7 @@ from orthoguard.report.constants import (ALPHA, BENIGN_NAME, CAUTION_WIDTH, CONT
                                          NO_VERDICT_FLAG, NOT_VARIANTS, PALETTE, STEP_KEYS)
 from orthoguard.report.experiment import Experiment, random_kind
 from orthoguard.report.formatting import fmt_no_verdict, fmt_num, fmt_p, fmt_rate, fmt_spread, fmt_summary, pct
-from orthoguard.report.load import SUMMARY_SHAPES, RunData, load_run, load_runs
+from orthoguard.report.load import RunData, load_run, load_runs
 from orthoguard.report.plots import (PLOTS, plot_blocks, plot_refusal_decay, plot_refusal_rates,
                                      plot_step_diagnostics, plot_tradeoff, plot_training_loss)
 from orthoguard.report.render import CSS, Block, note, render_html, render_markdown
@@ -50,7 +50,7 @@ __all__ = [
     # the report and its command line
     "build_report", "report_blocks", "header_line", "cmd_report", "register_cli",
     # load
-    "RunData", "load_run", "load_runs", "SUMMARY_SHAPES",
+    "RunData", "load_run", "load_runs",
     # stats and experiment
     "Rate", "Experiment", "random_kind",
     # verdict, tables, plots, rendering

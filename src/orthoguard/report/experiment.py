@@ -8,13 +8,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from orthoguard.metrics import (holm_bonferroni, mcnemar_exact, mean_removed_share, no_verdict_count, seed_summary,
-                                wilson_interval)
+from orthoguard.metrics import holm_bonferroni, mcnemar_exact, mean_removed_share, seed_summary
 from orthoguard.report.constants import (BENIGN_NAME, CONTROL_KINDS, CONTROL_ROLES, FIXED_COLORS, NOT_VARIANTS,
                                          PALETTE)
 from orthoguard.modes import MODES
 from orthoguard.report.load import RunData
-from orthoguard.report.stats import Rate, _decide, _mcnemar_row
+from orthoguard.report.stats import Rate, _decide
+from orthoguard.rundir import DiagnosticsOverall, RateSummary, TrainLog
 
 
 class Experiment:
@@ -48,7 +48,7 @@ class Experiment:
 
     @property
     def judge(self) -> str | None:
-        judges = sorted({str(r.summary["judge"]) for r in self.summaries if r.summary.get("judge")})
+        judges = sorted({r.summary.judge_label for r in self.summaries if r.summary.judge})
         return ", ".join(judges) or None
 
     @property
@@ -57,14 +57,14 @@ class Experiment:
 
     @property
     def date(self) -> str | None:
-        stamps = [s.get("finished") for r in self.runs for s in r.stages.values() if isinstance(s, dict) and s.get("finished")]
+        stamps = [s.finished for r in self.runs for s in r.stages.values() if s.finished]
         return max(stamps).replace("T", " ") if stamps else None
 
     @property
     def target(self) -> str:
         for r in self.summaries:
-            if r.summary.get("attacked") in ("base", "aligned"):
-                return r.summary["attacked"]
+            if r.summary.attacked in ("base", "aligned"):
+                return r.summary.attacked
         attack = self.config.get("attack") or {}
         return attack.get("target", "aligned") if isinstance(attack, dict) else "aligned"
 
@@ -79,8 +79,8 @@ class Experiment:
                 out[v["name"]] = dict(v)
         for run in self.runs:
             for name, record in run.logs.items():
-                v = (record.get("config") or {}).get("variant") if isinstance(record.get("config"), dict) else None
-                if name in NOT_VARIANTS or not isinstance(v, dict):
+                v = record.variant
+                if name in NOT_VARIANTS or v is None:
                     continue
                 out.setdefault(v.get("name") or name, dict(v))
         for name, v in out.items():
@@ -94,7 +94,7 @@ class Experiment:
     def _models(self) -> list[str]:
         names: list[str] = []
         for r in self.summaries:
-            for m in (r.summary.get("models") or {}):
+            for m in r.summary.models:
                 if m not in names:
                     names.append(m)
         order = ["base", "aligned"] + list(self.variants)
@@ -145,11 +145,8 @@ class Experiment:
         rank)."""
         given: dict[str, dict[str, str]] = {}
         for r in self.summaries:
-            for defence, entry in (r.summary.get("controls") or {}).items():
-                entry = {"same_rank": entry} if isinstance(entry, str) else entry
-                if isinstance(entry, dict):
-                    given.setdefault(defence, {}).update(
-                        {k: c for k, c in entry.items() if k in CONTROL_KINDS and isinstance(c, str)})
+            for defence, entry in r.summary.controls.items():
+                given.setdefault(defence, {}).update({k: c for k, c in entry.items() if k in CONTROL_KINDS})
         return given
 
     def _config_controls(self, defence: str) -> dict[str, str]:
@@ -170,15 +167,14 @@ class Experiment:
     def _sets(self) -> list[str]:
         names: list[str] = []
         for r in self.summaries:
-            for s in list(r.summary.get("prompt_sets") or {}) + [s for per in (r.summary.get("models") or {}).values()
-                                                                   if isinstance(per, dict) for s in per]:
+            for s in list(r.summary.prompt_sets) + [s for per in r.summary.models.values() for s in per]:
                 if s not in names:
                     names.append(s)
         return names
 
     def _set_roles(self) -> tuple[list[str], list[str]]:
-        harmful = [s for r in self.summaries for s in (r.summary.get("harmful_sets") or [])]
-        benign = [s for r in self.summaries for s in (r.summary.get("benign_sets") or [])]
+        harmful = [s for r in self.summaries for s in r.summary.harmful_sets]
+        benign = [s for r in self.summaries for s in r.summary.benign_sets]
         if not benign:
             benign = [s for s in self.sets if BENIGN_NAME.match(s) and s not in harmful]
         if not harmful:
@@ -187,7 +183,7 @@ class Experiment:
         return uniq(harmful), uniq(benign)
 
     def prompts(self, set_name: str) -> int | None:
-        counts = {(r.summary.get("prompt_sets") or {}).get(set_name) for r in self.summaries} - {None}
+        counts = {r.summary.prompt_sets.get(set_name) for r in self.summaries} - {None}
         return max(counts) if counts else None
 
     # -- numbers -------------------------------------------------------------------------------------------
@@ -195,28 +191,21 @@ class Experiment:
     def rate(self, model: str, set_name: str) -> Rate | None:
         entries = []
         for r in self.summaries:
-            e = ((r.summary.get("models") or {}).get(model) or {}).get(set_name)
-            if isinstance(e, dict) and (e.get("rate") is not None or no_verdict_count(e)):
+            e = r.summary.models.get(model, {}).get(set_name)
+            if e is not None and (e.rate is not None or e.no_verdict):
                 entries.append((r.seed, e))
         if not entries:
             return None
-        errors = sum(no_verdict_count(e) for _, e in entries)
-        entries = [(s, e) for s, e in entries if e.get("rate") is not None]
+        no_verdict = sum(e.no_verdict for _, e in entries)
+        entries = [(s, e) for s, e in entries if e.rate is not None]
         if not entries:
-            return Rate(None, 0, 0, None, errors, {})
-        per_seed = {s: float(e["rate"]) for s, e in entries}
-        counted = all(isinstance(e.get("k"), int) and isinstance(e.get("n"), int) for _, e in entries)
+            return Rate(None, 0, 0, None, no_verdict, {})
+        per_seed = {s: e.rate for s, e in entries}
         if len(entries) == 1:
             (_, e), = entries
-            ci = e.get("ci95")
-            if not ci and counted:
-                ci = wilson_interval(e["k"], e["n"])
-            return Rate(float(e["rate"]), e.get("k"), e.get("n"), tuple(ci) if ci else None, errors, per_seed)
-        if counted:
-            k, n = sum(e["k"] for _, e in entries), sum(e["n"] for _, e in entries)
-            return Rate(k / n if n else None, k, n, wilson_interval(k, n), errors, per_seed)
-        mean = seed_summary(list(per_seed.values()))["mean"]
-        return Rate(mean, None, None, None, errors, per_seed)
+            return Rate(e.rate, e.k, e.n, tuple(e.ci95), no_verdict, per_seed)
+        pooled = RateSummary.pooled([e for _, e in entries])
+        return Rate(pooled.rate, pooled.k, pooled.n, tuple(pooled.ci95), no_verdict, per_seed)
 
     def has_rate(self, model: str, set_name: str) -> bool:
         r = self.rate(model, set_name)
@@ -225,7 +214,8 @@ class Experiment:
     def utility(self, model: str, key: str) -> dict | None:
         values = {}
         for r in self.summaries:
-            v = ((r.summary.get("utility") or {}).get(model) or {}).get(key)
+            u = r.summary.utility.get(model)
+            v = getattr(u, key) if u is not None else None
             if isinstance(v, (int, float)) and math.isfinite(v):
                 values[r.seed] = float(v)
         return {**seed_summary(list(values.values())), "per_seed": values} if values else None
@@ -235,34 +225,26 @@ class Experiment:
         (an exact test of the same null: within each seed, a discordant pair is equally likely either way)."""
         found = []
         for r in self.summaries:
-            for row in ((r.summary.get("mcnemar") or {}).get(set_name) or []):
-                parsed = _mcnemar_row(row)
-                if parsed is None:
-                    continue
-                x, y, only_x, only_y, n_pairs, p = parsed
-                if (x, y) == (a, b):
-                    found.append((r.seed, only_x, only_y, n_pairs, p))
-                elif (x, y) == (b, a):
-                    found.append((r.seed, only_y, only_x, n_pairs, p))
+            for row in r.summary.mcnemar.get(set_name, []):
+                if (row.model_a, row.model_b) == (a, b):
+                    found.append((r.seed, row.refused_a_only, row.refused_b_only, row.n_pairs, row.p_value))
+                elif (row.model_a, row.model_b) == (b, a):
+                    found.append((r.seed, row.refused_b_only, row.refused_a_only, row.n_pairs, row.p_value))
         if not found:
             return None
         if len(found) == 1:
-            s, bb, cc, n_pairs, p = found[0]
-            p = p if p is not None else (mcnemar_exact(bb, cc) if bb is not None and cc is not None else None)
-            return {"a_only": bb, "b_only": cc, "n_pairs": n_pairs, "p_value": p, "per_seed": {s: p}}
-        if any(f[1] is None or f[2] is None for f in found):
-            return None
-        bb, cc = sum(f[1] for f in found), sum(f[2] for f in found)
-        return {"a_only": bb, "b_only": cc, "n_pairs": sum(f[3] or 0 for f in found), "p_value": mcnemar_exact(bb, cc),
-                "per_seed": {f[0]: f[4] for f in found}}
+            s, only_a, only_b, n_pairs, p = found[0]
+            return {"a_only": only_a, "b_only": only_b, "n_pairs": n_pairs, "p_value": p, "per_seed": {s: p}}
+        only_a, only_b = sum(f[1] for f in found), sum(f[2] for f in found)
+        return {"a_only": only_a, "b_only": only_b, "n_pairs": sum(f[3] for f in found),
+                "p_value": mcnemar_exact(only_a, only_b), "per_seed": {f[0]: f[4] for f in found}}
 
     def mcnemar_pairs(self, set_name: str) -> list[tuple[str, str]]:
         pairs = []
         for r in self.summaries:
-            for row in ((r.summary.get("mcnemar") or {}).get(set_name) or []):
-                parsed = _mcnemar_row(row)
-                if parsed and (parsed[0], parsed[1]) not in pairs and (parsed[1], parsed[0]) not in pairs:
-                    pairs.append((parsed[0], parsed[1]))
+            for row in r.summary.mcnemar.get(set_name, []):
+                if (row.model_a, row.model_b) not in pairs and (row.model_b, row.model_a) not in pairs:
+                    pairs.append((row.model_a, row.model_b))
         return pairs
 
     @property
@@ -333,10 +315,10 @@ class Experiment:
         """Mean share of the update (``at: update``) or gradient norm the projection removed: each seed's mean over
         its logged steps, summarised over seeds (``seed_summary``); None when the logs have none."""
         at = (self.variants.get(model) or {}).get("at", "update")
-        means = [m for _, log in self.step_logs(model) if (m := mean_removed_share(log, at)) is not None]
+        means = [m for _, log in self.step_logs(model) if (m := mean_removed_share(log.model_dump(mode="json"), at)) is not None]
         return seed_summary(means) if means else None
 
-    def step_logs(self, model: str) -> list[tuple[Any, dict]]:
+    def step_logs(self, model: str) -> list[tuple[Any, TrainLog]]:
         return [(r.seed, r.logs[model]) for r in self.runs if model in r.logs]
 
     def diagnostics(self, model: str) -> dict | None:
@@ -344,14 +326,16 @@ class Experiment:
         found = []
         for r in self.runs:
             # the summary's copy, else logs/diagnostics_<model>.json, else (older runs) the training log's
-            d = ((r.summary or {}).get("diagnostics") or {}).get(model) or r.diagnostics.get(model) \
-                or (r.logs.get(model) or {}).get("diagnostics")
-            if isinstance(d, dict) and isinstance(d.get("overall"), dict):
-                found.append(d["overall"])
+            d = r.summary.diagnostics.get(model, {}).get("overall") if r.summary is not None else None
+            d = d or (r.diagnostics[model].overall if model in r.diagnostics else None)
+            older = (r.logs[model].diagnostics or {}).get("overall") if model in r.logs else None
+            d = d or (DiagnosticsOverall.model_validate(older) if isinstance(older, dict) else None)
+            if d is not None:
+                found.append(d)
         if not found:
             return None
-        keys = [k for k in ("cosine", "energy_in_ref_subspace", "attack_norm", "modules") if k in found[0]]
-        return {k: seed_summary([float(f[k]) for f in found if isinstance(f.get(k), (int, float))]) for k in keys}
+        keys = ("cosine", "energy_in_ref_subspace", "attack_norm", "modules")
+        return {k: seed_summary([float(getattr(f, k)) for f in found]) for k in keys}
 
 
 def _undefended(mode: Any) -> bool:

@@ -8,31 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from orthoguard.errors import DataError
-from orthoguard.io import read_json
+from orthoguard.rundir import Diagnostics, SeedsIndex, StageRecord, StageRecords, Summary, TrainLog
 
 
 @dataclass
 class RunData:
-    """The files of one run directory (one seed); absent or unreadable files are ``None``/empty with a note."""
+    """The files of one run directory (one seed), read through ``orthoguard.rundir``'s models; absent files are
+    ``None``/empty, and what does not fit the schema is left out with a note."""
 
     path: Path
     seed: Any = None
     config: dict = field(default_factory=dict)
-    stages: dict = field(default_factory=dict)
-    logs: dict[str, dict] = field(default_factory=dict)
-    diagnostics: dict[str, dict] = field(default_factory=dict)  # logs/diagnostics_<variant>.json
-    summary: dict | None = None
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    logs: dict[str, TrainLog] = field(default_factory=dict)
+    diagnostics: dict[str, Diagnostics] = field(default_factory=dict)  # logs/diagnostics_<variant>.json
+    summary: Summary | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def _try_json(path: Path, notes: list[str]) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return read_json(path)
-    except DataError as exc:
-        notes.append(f"skipped an unreadable file: {exc}")
-        return None
 
 
 def load_run(path: str | Path, seed: Any = None) -> RunData:
@@ -46,40 +37,18 @@ def load_run(path: str | Path, seed: Any = None) -> RunData:
             run.config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             run.notes.append(f"skipped an unreadable config.resolved.yaml in {path}: {exc.__class__.__name__}")
-    run.stages = _try_json(path / "stages.json", run.notes) or {}
+    stages = StageRecords.salvage(path / "stages.json", run.notes)
+    run.stages = stages.root if stages is not None else {}
     for log_path in sorted((path / "logs").glob("training_loss_*.json")):
-        record = _try_json(log_path, run.notes)
-        if isinstance(record, dict):
+        if (record := TrainLog.salvage(log_path, run.notes)) is not None:
             run.logs[log_path.stem.removeprefix("training_loss_")] = record
     for diag_path in sorted((path / "logs").glob("diagnostics_*.json")):
-        record = _try_json(diag_path, run.notes)
-        if isinstance(record, dict):
+        if (record := Diagnostics.salvage(diag_path, run.notes)) is not None:
             run.diagnostics[diag_path.stem.removeprefix("diagnostics_")] = record
-    summary = _try_json(path / "results" / "summary.json", run.notes)
-    run.summary = _clean_summary(summary, path, run.notes) if isinstance(summary, dict) else None
+    run.summary = Summary.salvage(path / "results" / "summary.json", run.notes)
     if run.seed is None:
-        run.seed = (run.summary or {}).get("seed", run.config.get("seed"))
+        run.seed = run.summary.seed if run.summary is not None and run.summary.seed is not None else run.config.get("seed")
     return run
-
-
-SUMMARY_SHAPES = {"prompt_sets": dict, "models": dict, "utility": dict, "mcnemar": dict, "diagnostics": dict,
-                  "controls": dict, "harmful_sets": list, "benign_sets": list}
-
-
-def _clean_summary(summary: dict, path: Path, notes: list[str]) -> dict:
-    """Drop the fields of results/summary.json whose type is not the schema's (with a note), and models whose
-    entry is not a mapping of sets, so that later code may trust the shapes."""
-    out = dict(summary)
-    for key, kind in SUMMARY_SHAPES.items():
-        if key in out and not isinstance(out[key], kind):
-            notes.append(f"{path / 'results' / 'summary.json'}: '{key}' is not a {kind.__name__}, ignored")
-            del out[key]
-    models = out.get("models") or {}
-    out["models"] = {m: {k: v for k, v in per.items() if isinstance(v, dict)} for m, per in models.items() if isinstance(per, dict)}
-    for key in ("utility", "diagnostics"):
-        if key in out:
-            out[key] = {m: v for m, v in out[key].items() if isinstance(v, dict)}
-    return out
 
 
 def load_runs(root: str | Path) -> tuple[list[RunData], list[str]]:
@@ -91,10 +60,9 @@ def load_runs(root: str | Path) -> tuple[list[RunData], list[str]]:
     seeds_file = root / "seeds.json"
     entries: list[tuple[Any, Path]] = []
     if seeds_file.is_file():
-        spec = read_json(seeds_file)
-        runs = spec.get("runs", {}) if isinstance(spec, dict) else {}
-        for s in (spec.get("seeds") if isinstance(spec, dict) else None) or []:
-            entries.append((s, root / runs.get(str(s), f"seed-{s}")))
+        index = SeedsIndex.read(seeds_file)
+        for s in index.seeds:
+            entries.append((s, root / index.runs.get(str(s), f"seed-{s}")))
     else:
         for d in sorted(root.glob("seed-*"), key=lambda p: _natural(p.name)):
             if d.is_dir():

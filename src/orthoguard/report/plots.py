@@ -46,7 +46,7 @@ def plot_training_loss(exp: Experiment):
     styles, drawn = _seed_styles(exp), 0
     for m in exp.variants:
         for i, (seed, log) in enumerate(exp.step_logs(m)):
-            pts = [(x["step"], x["loss"]) for x in log.get("losses") or [] if isinstance(x.get("loss"), (int, float))]
+            pts = [(x.step, x.loss) for x in log.losses]
             if not pts:
                 continue
             label = m + (f" (seed {seed})" if exp.multi and len(exp.seeds) <= 4 else "") if (i == 0 or len(exp.seeds) <= 4) else None
@@ -101,26 +101,26 @@ def plot_refusal_decay(exp: Experiment):
     fig, (ax,) = _figure()
     drawn, undecided = 0, False
     for m in exp.variants:
-        curves = [(seed, log["probes"]) for seed, log in exp.step_logs(m) if isinstance(log.get("probes"), list) and log["probes"]]
+        curves = [(seed, log.probes) for seed, log in exp.step_logs(m) if log.probes]
         if not curves:
             continue
         by_step: dict[int, list] = {}
         for _, probes in curves:
             for p in probes:
-                if isinstance(p.get("refusal_rate"), (int, float)):
-                    by_step.setdefault(p["step"], []).append(p)
+                if p.refusal_rate is not None:
+                    by_step.setdefault(p.step, []).append(p)
         steps = sorted(by_step)
         if not steps:
             undecided = True
             continue
-        mean = [100 * sum(p["refusal_rate"] for p in by_step[s]) / len(by_step[s]) for s in steps]
+        mean = [100 * sum(p.refusal_rate for p in by_step[s]) / len(by_step[s]) for s in steps]
         style = dict(color=exp.colors[m], alpha=0.18)
         if len(curves) == 1:
-            lo = [100 * (by_step[s][0].get("ci95") or [None, None])[0] if by_step[s][0].get("ci95") else mv for s, mv in zip(steps, mean)]
-            hi = [100 * (by_step[s][0].get("ci95") or [None, None])[1] if by_step[s][0].get("ci95") else mv for s, mv in zip(steps, mean)]
+            lo = [100 * by_step[s][0].ci95[0] for s in steps]
+            hi = [100 * by_step[s][0].ci95[1] for s in steps]
             ax.fill_between(steps, lo, hi, **style, lw=0)
         else:
-            sd = [100 * (seed_summary([p["refusal_rate"] for p in by_step[s]])["std"] or 0.0) for s in steps]
+            sd = [100 * (seed_summary([p.refusal_rate for p in by_step[s]])["std"] or 0.0) for s in steps]
             ax.fill_between(steps, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)], **style, lw=0)
         kind = exp.variants[m].get("random")
         ax.plot(steps, mean, color=exp.colors[m], marker="o", ms=5, lw=1.8, label=m + _control_suffix(kind),
@@ -130,7 +130,7 @@ def plot_refusal_decay(exp: Experiment):
         return None, "Refusal decay: the probes have no decided verdict (every probe response was a judge error)."
     if not drawn:
         return None, "Refusal decay: the attack logs have no 'probes' (set attack.probe_every to record them)."
-    n = sorted({p.get("n") for m in exp.variants for _, log in exp.step_logs(m) for p in log.get("probes") or [] if p.get("n")})
+    n = sorted({p.n for m in exp.variants for _, log in exp.step_logs(m) for p in log.probes or [] if p.n})
     band = "mean ± std over seeds" if exp.multi else "95% interval"
     ax.set(xlabel="attack optimizer step", ylabel="probe refusal rate (%)", ylim=(-3, 103),
            title=f"Refusal decay during the attack ({band}; probe n = {', '.join(map(str, n)) or '?'})")
@@ -177,8 +177,8 @@ def plot_tradeoff(exp: Experiment):
 
 def plot_step_diagnostics(exp: Experiment):
     """Per-step projection diagnostics (share of the gradient/update removed, regularizer penalty)."""
-    present = [k for k in STEP_KEYS if any(isinstance(x.get(k), (int, float)) for m in exp.variants
-                                           for _, log in exp.step_logs(m) for x in log.get("losses") or [])]
+    present = [k for k in STEP_KEYS if any(getattr(x, k, None) is not None for m in exp.variants
+                                           for _, log in exp.step_logs(m) for x in log.losses)]
     if not present:
         return None, "Projection diagnostics over steps: no variant logged grad_removed_frac, update_removed_frac or reg_penalty."
     fig, axes = _figure(4.2 * len(present) + 1, 4.0, ncols=len(present))
@@ -186,7 +186,7 @@ def plot_step_diagnostics(exp: Experiment):
     for ax, key in zip(axes, present):
         for m in exp.variants:
             for i, (seed, log) in enumerate(exp.step_logs(m)):
-                pts = [(x["step"], x[key]) for x in log.get("losses") or [] if isinstance(x.get(key), (int, float))]
+                pts = [(x.step, getattr(x, key)) for x in log.losses if getattr(x, key, None) is not None]
                 if pts:
                     ax.plot(*zip(*pts), color=exp.colors[m], linestyle=styles.get(seed, "-"), lw=1.4,
                             label=m if i == 0 else None, marker="." if len(pts) < 30 else None)

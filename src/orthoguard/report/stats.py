@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from orthoguard.metrics import seed_summary
 from orthoguard.report.constants import ALPHA, NO_VERDICT_FLAG
@@ -57,23 +56,3 @@ def _decide(c: dict) -> None:
     c["significant"] = c["p_holm"] is not None and c["p_holm"] < ALPHA
     decided = c["significant"] and c["consistent"] and c["diff"] != 0 and pairs_agree
     c["outcome"] = ("beats" if c["diff"] > 0 else "below") if decided else "same"
-
-
-def _mcnemar_row(row: Any) -> tuple | None:
-    """(model A, model B, refused by A only, refused by B only, n_pairs, p) from one McNemar entry.
-
-    Accepts ``refused_a_only``/``refused_b_only`` (model names under ``a``/``b``) and ``model_a``/``model_b`` with
-    the counts under ``b``/``c``."""
-    if not isinstance(row, dict):
-        return None
-    a = row.get("model_a", row.get("a"))
-    b = row.get("model_b", row.get("b"))
-    if not isinstance(a, str) or not isinstance(b, str):
-        return None
-    only_a = row.get("refused_a_only", row.get("b") if "model_a" in row else None)
-    only_b = row.get("refused_b_only", row.get("c"))
-    only_a = only_a if isinstance(only_a, int) else None
-    only_b = only_b if isinstance(only_b, int) else None
-    p = row.get("p_value")
-    p = float(p) if isinstance(p, (int, float)) and 0 <= p <= 1 else None  # NaN or out of range: no p
-    return a, b, only_a, only_b, row.get("n_pairs"), p

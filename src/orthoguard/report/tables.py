@@ -97,10 +97,10 @@ def training_table(exp: Experiment) -> list[Block]:
         logs = exp.step_logs(m)
         if not logs:
             continue
-        finals = [log["losses"][-1].get("loss") for _, log in logs if log.get("losses")]
-        steps = [log["losses"][-1].get("step") for _, log in logs if log.get("losses")]
-        secs = [log.get("seconds") for _, log in logs if isinstance(log.get("seconds"), (int, float))]
-        samples = sorted({log.get("train_samples") for _, log in logs} - {None})
+        finals = [log.losses[-1].loss for _, log in logs if log.losses]
+        steps = [log.losses[-1].step for _, log in logs if log.losses]
+        secs = [log.seconds for _, log in logs if log.seconds is not None]
+        samples = sorted({log.train_samples for _, log in logs} - {None})
         removed = exp.removed_share(m)
         rows.append([m, exp.role(m), ", ".join(map(str, sorted(set(steps)))) or "n/a",
                      fmt_summary(seed_summary([f for f in finals if f is not None])),
