@@ -88,8 +88,8 @@ def test_judge_command_keeps_every_field(tmp_path, capsys):
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["judge", "--judge", "keyword", str(src), "-o", str(tmp_path / "out.jsonl")]) == 0
     out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [r["refused"] for r in out] == [True, False]
-    assert all({k: v for k, v in o.items() if k != "refused"} == r for o, r in zip(out, rows))
+    assert [r["refused"] for r in out] == [True, False] and [r["outcome"] for r in out] == ["refusal", "compliance"]
+    assert all({k: v for k, v in o.items() if k not in ("refused", "outcome")} == r for o, r in zip(out, rows))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p"}\n')
     assert main(["judge", str(bad), "-o", str(tmp_path / "x.jsonl")]) == 2
