@@ -106,12 +106,6 @@ def known_family(name: str) -> str:
     return name
 
 
-def regularizable_families() -> list[str]:
-    from orthoguard.families import family_names
-
-    return family_names(regularizable=True)
-
-
 def known_mode(name: str) -> str:
     """An attack mode registered in ``orthoguard.modes`` (lazy import, like the families)."""
     from orthoguard.modes import mode_names
@@ -170,18 +164,10 @@ class AttackVariant(Strict):
         return ("random-" if self.random else "") + self.family(default)
 
     @model_validator(mode="after")
-    def _regularized_families(self) -> "AttackVariant":
-        if self.mode != "regularized":
-            return self
-        supported = regularizable_families()
-        if self.random or self.directions not in (None, *supported):
-            raise ValueError(f"variant '{self.name}': regularized mode takes directions {' or '.join(supported)}, not random")
-        return self
+    def _fits_its_mode(self) -> "AttackVariant":
+        from orthoguard.modes import get_mode
 
-    @model_validator(mode="after")
-    def _controls_only_for_controls(self) -> "AttackVariant":
-        if self.random and self.mode != "orthogonal":
-            raise ValueError(f"variant '{self.name}': random controls are orthogonal variants (mode: orthogonal)")
+        get_mode(self.mode).check(self)
         if self.controls is not None and not self.random:
             raise ValueError(f"variant '{self.name}': 'controls' names the defence of a random control; set random too")
         return self
@@ -192,6 +178,12 @@ class AttackVariant(Strict):
         if unknown:
             raise ValueError(f"unknown training key(s) {unknown} in variant '{self.name}'")
         return self
+
+
+def _defended(variant: AttackVariant) -> bool:
+    from orthoguard.modes import get_mode
+
+    return get_mode(variant.mode).role != "undefended"
 
 
 def _default_variants() -> list[AttackVariant]:
@@ -252,7 +244,7 @@ class AttackConfig(Strict):
         return self
 
     def _by_name(self, name: str) -> AttackVariant | None:
-        return next((v for v in self.variants if v.name == name and v.mode != "vanilla" and not v.random), None)
+        return next((v for v in self.variants if v.name == name and _defended(v) and not v.random), None)
 
     def defence_of(self, control: AttackVariant, default_family: str | None) -> AttackVariant | None:
         """The defended variant a random control controls: its ``controls`` key, else the orthogonal non-random
@@ -262,7 +254,7 @@ class AttackConfig(Strict):
         if control.controls is not None:
             return self._by_name(control.controls)
         family = control.directions or default_family
-        return next((v for v in self.variants if v.mode == "orthogonal" and not v.random and v.at == control.at
+        return next((v for v in self.variants if v.mode == control.mode and not v.random and v.at == control.at
                      and (v.directions or default_family) == family), None)
 
     def controls_of(self, default_family: str) -> dict[str, dict[str, str]]:

@@ -25,6 +25,13 @@ class AttackMode:
     name: str = ""
     role: str = "defence"  # "undefended": the attack the defences are compared with; "defence": a defended attack
     blue_red: bool = False  # needs the blue and red LoRAs and their difference (the blue-red stages)
+    has_controls: bool = False  # its variants can be random controls (random: same_rank | matched) of each other
+
+    def check(self, variant: AttackVariant) -> None:
+        """Raise ``ValueError`` (one line, naming the variant) for settings this mode cannot train with."""
+        if variant.random and not self.has_controls:
+            raise ValueError(f"variant '{variant.name}': mode {self.name} has no random controls "
+                             f"(modes with controls: {', '.join(m.name for m in MODES.values() if m.has_controls)})")
 
     def direction_keys(self, variant: AttackVariant, default_kind: str) -> set[str]:
         """The direction files (``directions/refusal.<key>.safetensors``) the directions stage makes for it."""
@@ -41,6 +48,10 @@ class AttackMode:
     def hooks(self, run: Any, variant: AttackVariant, train_cfg) -> list[TrainingHook]:
         """What the mode adds to training (``training.TrainingHook``: callbacks, a Trainer class, log fields)."""
         return []
+
+    def describe(self, variant: dict) -> str:
+        """The variant's role in the report's words (``variant``: its config entry as the run recorded it)."""
+        return f"attack, {self.name}"
 
 
 MODES: dict[str, AttackMode] = {}
@@ -64,9 +75,12 @@ def get_mode(name: str) -> AttackMode:
 class Vanilla(AttackMode):
     name, role = "vanilla", "undefended"
 
+    def describe(self, variant):
+        return "attack, no defense"
+
 
 class Orthogonal(AttackMode):
-    name = "orthogonal"
+    name, has_controls = "orthogonal", True
 
     def direction_keys(self, variant, default_kind):
         return set() if variant.random == "matched" else {variant.directions_key(default_kind)}
@@ -77,6 +91,14 @@ class Orthogonal(AttackMode):
 
     def outputs(self, run, variant):
         return [run.directions_path(variant.directions_key(run.cfg.directions.kind))] if variant.random == "matched" else []
+
+    def describe(self, variant):
+        from orthoguard.report.constants import CONTROL_ROLES
+
+        kind = f"{variant['directions']} directions, projected at the {variant['at']}"
+        if variant["random"]:
+            return f"random control, {CONTROL_ROLES.get(variant['random'], variant['random'])} ({kind})"
+        return f"attack, orthogonal ({kind})"
 
     def hooks(self, run, variant, train_cfg):
         from orthoguard.directions import load_directions
@@ -92,8 +114,18 @@ class Orthogonal(AttackMode):
 class Regularized(AttackMode):
     name, blue_red = "regularized", True
 
+    def check(self, variant):
+        from orthoguard.families import family_names
+
+        supported = family_names(regularizable=True)
+        if variant.random or variant.directions not in (None, *supported):
+            raise ValueError(f"variant '{variant.name}': regularized mode takes directions {' or '.join(supported)}, not random")
+
     def upstream(self, cfg, variant):
         return ["blue-red"]
+
+    def describe(self, variant):
+        return f"attack, regularized ({variant['directions']}, lambda {variant.get('reg_lambda', '?')})"
 
     def hooks(self, run, variant, train_cfg):
         from orthoguard.directions import load_directions

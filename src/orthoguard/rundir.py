@@ -18,7 +18,7 @@ report) drops the fields and entries that do not validate, with a note for each,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, computed_field, model_validator
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orthoguard.metrics import holm_bonferroni, mcnemar_exact, mean_removed_share, seed_summary
-from orthoguard.report.constants import (BENIGN_NAME, CONTROL_KINDS, CONTROL_ROLES, FIXED_COLORS, NOT_VARIANTS,
+from orthoguard.report.constants import (BENIGN_NAME, CONTROL_KINDS, FIXED_COLORS, NOT_VARIANTS,
                                          PALETTE)
 from orthoguard.modes import MODES
 from orthoguard.report.load import RunData
@@ -108,14 +108,9 @@ class Experiment:
         v = self.variants.get(model)
         if v is None:
             return "attack variant (kind unknown)"
-        if _undefended(v["mode"]):
-            return "attack, no defense"
-        if v["mode"] == "regularized":
-            return f"attack, regularized ({v['directions']}, lambda {v.get('reg_lambda', '?')})"
-        kind = f"{v['directions']} directions, projected at the {v['at']}"
-        if v["random"]:
-            return f"random control, {CONTROL_ROLES.get(v['random'], v['random'])} ({kind})"
-        return f"attack, orthogonal ({kind})"
+        if v["mode"] not in MODES:  # a mode this version does not know, from another run
+            return "attack, no defense" if _undefended(v["mode"]) else f"attack, {v['mode']}"
+        return MODES[v["mode"]].describe(v)
 
     @property
     def vanilla(self) -> str | None:
