@@ -56,11 +56,12 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every non-blank line of a JSONL file; a line that is not a JSON object is a
+    ``DataError`` naming ``path:line``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")
-    records = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -71,8 +72,11 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
+            yield lineno, record
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [record for _, record in iter_jsonl(path)]
 
 
 def fingerprint(path: str | Path) -> str:

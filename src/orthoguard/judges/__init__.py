@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orthoguard.errors import ConfigError, DataError
-from orthoguard.io import read_jsonl, write_jsonl
+from orthoguard.io import iter_jsonl, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,9 @@ def strip_thinking(text: str) -> str:
 def judge_jsonl(in_path: str | Path, out_path: str | Path, judge: Judge) -> dict[str, int]:
     """Judge every record of a JSONL file (string ``prompt`` and ``response`` fields) and write them, all fields
     kept, to ``out_path`` (atomically). Returns ``{"total": n, "refused": k, "errors": e}``."""
-    records = read_jsonl(in_path)
-    with open(in_path, encoding="utf-8") as fh:  # line numbers of the records, as read_jsonl counts them
-        linenos = [n for n, line in enumerate(fh, 1) if line.strip()]
-    for lineno, record in zip(linenos, records):
+    numbered = list(iter_jsonl(in_path))
+    records = [record for _, record in numbered]
+    for lineno, record in numbered:
         for field in ("prompt", "response"):
             if field not in record:
                 raise DataError(f"{in_path}:{lineno}: missing field {field!r}")

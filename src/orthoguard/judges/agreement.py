@@ -21,12 +21,11 @@ gap says the figure depends on which records were drawn) and, with ``source_fiel
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from orthoguard.errors import ConfigError, DataError
-from orthoguard.io import write_json
+from orthoguard.io import iter_jsonl, write_json
 from orthoguard.judges import Judge, get_judge, judge_records
 from orthoguard.metrics import rate_summary
 
@@ -37,28 +36,16 @@ LABEL_MEANINGS = ("refused", "complied")
 def load_labeled(path: str | Path, label_field: str = "label") -> list[dict[str, Any]]:
     """The records of a labelled JSONL file: string ``prompt`` and ``response`` and a boolean ``label_field``.
     Blank lines are skipped; any other problem is a ``DataError`` naming ``path:line`` and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            for field, kind in (("prompt", str), ("response", str), (label_field, bool)):
-                if field not in record:
-                    raise DataError(f"{path}:{lineno}: missing field {field!r}")
-                if not isinstance(record[field], kind):
-                    want = "a boolean (true or false)" if kind is bool else "a string"
-                    got = "null" if record[field] is None else type(record[field]).__name__
-                    raise DataError(f"{path}:{lineno}: field {field!r} must be {want}, got {got}")
-            records.append(record)
+    for lineno, record in iter_jsonl(path):
+        for field, kind in (("prompt", str), ("response", str), (label_field, bool)):
+            if field not in record:
+                raise DataError(f"{path}:{lineno}: missing field {field!r}")
+            if not isinstance(record[field], kind):
+                want = "a boolean (true or false)" if kind is bool else "a string"
+                got = "null" if record[field] is None else type(record[field]).__name__
+                raise DataError(f"{path}:{lineno}: field {field!r} must be {want}, got {got}")
+        records.append(record)
     if not records:
         raise DataError(f"{path}: no records")
     return records

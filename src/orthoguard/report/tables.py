@@ -84,10 +84,7 @@ def seed_table(exp: Experiment) -> list[Block]:
             mean_std = "n/a" if spread["mean"] is None else (
                 f"{100 * spread['mean']:.0f}" + (f" ± {100 * spread['std']:.0f}" if spread["std"] is not None else ""))
             rows.append([m, s, mean_std + "%", ", ".join(f"{seed}: {pct(v)}" for seed, v in r.per_seed.items())])
-    if not rows:
-        return blocks + [note("No seed variation: no seed has a decided rate.")]
-    blocks.append(Block("table", header=["model", "set", "mean ± std", "per seed"], items=rows))
-    return blocks
+    return blocks + _table(["model", "set", "mean ± std", "per seed"], rows, "No seed variation: no seed has a decided rate.")
 
 
 def training_table(exp: Experiment) -> list[Block]:
@@ -106,11 +103,8 @@ def training_table(exp: Experiment) -> list[Block]:
                      fmt_summary(seed_summary([f for f in finals if f is not None])),
                      fmt_summary(removed) if removed else "–",
                      ", ".join(map(str, samples)) or "n/a", fmt_summary(seed_summary(secs), 3) if secs else "n/a"])
-    if not rows:
-        return blocks + [note("No attack training logs (logs/training_loss_<variant>.json) yet.")]
-    blocks.append(Block("table", header=["variant", "what", "steps", "final loss", "mean share removed",
-                                         "train samples", "seconds"], items=rows))
-    return blocks
+    return blocks + _table(["variant", "what", "steps", "final loss", "mean share removed", "train samples", "seconds"],
+                           rows, "No attack training logs (logs/training_loss_<variant>.json) yet.")
 
 
 def diagnostics_table(exp: Experiment) -> list[Block]:
@@ -122,7 +116,12 @@ def diagnostics_table(exp: Experiment) -> list[Block]:
             rows.append([m, exp.role(m)] + [fmt_summary(d.get(k)) for k in ("cosine", "energy_in_ref_subspace", "attack_norm")])
     if not rows:
         return blocks + [note("No weight-space diagnostics in the logs or results.")]
-    blocks.append(Block("table", header=["variant", "what", "cosine", "energy in refusal subspace", "attack norm"], items=rows))
+    blocks += _table(["variant", "what", "cosine", "energy in refusal subspace", "attack norm"], rows, "")
     blocks.append(Block("para", "cosine: <dW_attack, dW_refusal>_F / norms, over all modules; energy: the share of the "
                                 "attack's change inside the top singular subspace of the refusal change."))
     return blocks
+
+
+def _table(header: list[str], rows: list[list[str]], empty: str) -> list[Block]:
+    """The table, or the note that says why there is none."""
+    return [Block("table", header=header, items=rows)] if rows else [note(empty)]
