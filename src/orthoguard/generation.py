@@ -1,7 +1,23 @@
-"""Batched local generation: left padding, KV cache, greedy by default."""
+"""Batched local generation: token-length buckets, left padding, KV cache, finished rows dropped, greedy by default.
+
+``generate`` answers prompts in batches of ``settings.batch_size`` prompts of similar token length. Its decode loop
+drops a row from the batch (and from the KV cache) as soon as that row has emitted its end-of-sequence token, so a
+batch of mostly short replies (refusals) does not keep computing the long ones' padding; ``model.generate`` stops a
+batch only when every row is done. Greedy fp32 replies equal plain ``model.generate`` on one prompt at a time
+without padding (up to float rounding of padded batches, which ``scripts/bench_generation.py`` counts). Models whose
+generation config asks for logits processors this loop does not implement (repetition penalty, beam search, ...)
+go through ``model.generate`` instead, with the same batching.
+
+``settings.dtype`` chooses the arithmetic: ``"model"`` (default) the weights' own dtype; ``"bf16"`` a merged bf16
+copy of the model; ``"auto"`` bf16 where the CPU has native bf16 (``orthoguard.hardware.prefers_bf16``), else the
+weights' dtype. bf16 changes the replies a little; on a 2-core AVX-512-BF16 CPU it was faster than fp32 for
+SmolLM2-135M at batch 32 and more (see the benchmark), while bf16 *autocast* over fp32 weights was not.
+"""
 
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -9,8 +25,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from orthoguard.errors import ConfigError
-from orthoguard.models import CHAT_TEMPLATE_KWARGS
 from orthoguard.judges import strip_thinking
+from orthoguard.models import CHAT_TEMPLATE_KWARGS
 
 
 @dataclass(frozen=True)
@@ -20,12 +36,199 @@ class GenerationSettings:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    # "model": the model as given, in its weights' dtype. "auto" (bf16 where the CPU has native bf16, else the
+    # weights' dtype), "bf16" and "fp32" generate with merged_for_generation's copy (LoRA merged, cast).
+    dtype: str = "model"
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]] | str) -> str:
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS)
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def merged_for_generation(model, dtype: torch.dtype | None = None):
+    """A model to generate with: a PEFT model's LoRA adapters merged into a copy of its weights, optionally cast.
+
+    The argument is left as it was (a model in training keeps training its adapters). A plain model comes back as
+    is when ``dtype`` is None or its own dtype, else as a cast copy. Only LoRA-type adapters on an unquantized base
+    are merged; anything else is returned unmerged (a cast copy where ``dtype`` asks for one)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mergeable = _is_peft(model) and _lora_only(model) and not getattr(base, "is_quantized", False)
+    current = next(model.parameters()).dtype
+    if not mergeable and (dtype is None or dtype == current):
+        return model
+    was_training = model.training
+    clone = copy.deepcopy(model)
+    model.train(was_training)
+    if mergeable:
+        clone = clone.merge_and_unload()
+    if dtype is not None and dtype != current:
+        clone = clone.to(dtype)
+    return clone.eval()
+
+
+def _lora_only(model) -> bool:
+    try:
+        from peft import PeftType
+    except ImportError:
+        return False
+    configs = getattr(model, "peft_config", {}) or {}
+    return bool(configs) and all(getattr(c, "peft_type", None) == PeftType.LORA for c in configs.values())
+
+
+def _target_dtype(model, setting: str) -> torch.dtype | None:
+    if setting in ("model", None):
+        return None
+    if setting == "fp32":
+        return torch.float32
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "auto":
+        if model.device.type != "cpu":
+            return None
+        from orthoguard.hardware import prefers_bf16
+
+        return torch.bfloat16 if prefers_bf16() else None
+    raise ConfigError(f"generation dtype must be model, auto, fp32 or bf16, not {setting!r}")
+
+
+# Generation-config fields whose non-default values add logits processors or search modes the fast loop lacks.
+_NEUTRAL = {
+    "num_beams": 1, "min_length": 0, "min_new_tokens": None, "typical_p": 1.0, "min_p": None, "top_h": None,
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "exponential_decay_length_penalty": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "sequence_bias": None, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+    "renormalize_logits": False, "stop_strings": None, "guidance_scale": None, "watermarking_config": None,
+    "penalty_alpha": None, "dola_layers": None, "num_return_sequences": 1, "remove_invalid_values": False,
+    "low_memory": None, "prompt_lookup_num_tokens": None, "max_time": None,
+}
+
+
+def _resolved_config(model, sampling: dict):
+    """The generation config ``model.generate(**sampling)`` would use, with transformers' defaults filled in."""
+    gc = copy.deepcopy(model.generation_config)
+    gc.update(**{k: v for k, v in sampling.items() if v is not None})
+    for key, value in type(gc)._get_default_generation_params().items():
+        if getattr(gc, key, None) is None:
+            setattr(gc, key, value)
+    return gc
+
+
+def _fast_loop_supported(model, gc) -> bool:
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    for key, neutral in _NEUTRAL.items():
+        value = getattr(gc, key, None)
+        if value not in (None, neutral) and not (isinstance(neutral, bool) and value is False):
+            return False
+    return True
+
+
+def _eos_ids(gc) -> list[int]:
+    eos = gc.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def _next_tokens(logits: torch.Tensor, gc, sample: bool) -> torch.Tensor:
+    """Greedy argmax, or HF's sampling order: temperature, top-k, top-p, then a multinomial draw."""
+    if not sample:
+        return logits.argmax(-1)
+    scores = logits.float()
+    if gc.temperature not in (None, 1.0):
+        scores = scores / gc.temperature
+    top_k = gc.top_k or 0
+    if 0 < top_k < scores.shape[-1]:
+        # HF masks everything below the k-th score and then sorts the whole vocabulary for top-p; sorting only the
+        # candidates (all scores tied with the k-th kept, as HF keeps them) draws from the same distribution
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1, None]
+        keep = scores >= kth
+        width = int(keep.sum(-1).max())
+        values, indices = torch.topk(scores.masked_fill(~keep, float("-inf")), width, dim=-1)
+        return indices.gather(1, _sample_top_p(values, gc.top_p)[:, None]).squeeze(1)
+    return _sample_top_p(scores, gc.top_p)
+
+
+def _sample_top_p(scores: torch.Tensor, top_p: float | None) -> torch.Tensor:
+    """A multinomial draw after HF's top-p filter (the smallest set of tokens whose probability exceeds top_p)."""
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, sorted_idx = torch.sort(scores, descending=False, dim=-1)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        remove = cumulative <= (1 - top_p)
+        remove[..., -1:] = False  # keep at least one token
+        scores = scores.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5.2x renamed the forward's ``past_key_values`` to ``cache``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _decode_batch(model, rows: list[list[int]], pad_id: int, gc, max_new_tokens: int, sample: bool) -> list[list[int]]:
+    """New tokens of each row (its end-of-sequence token included), finished rows dropped from the batch."""
+    from transformers import DynamicCache
+
+    eos = torch.tensor(_eos_ids(gc), dtype=torch.long, device=model.device)
+    input_ids, mask = _left_pad(rows, pad_id, model.device)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache = DynamicCache(config=model.config)
+    key = _cache_keyword(model)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                **{key: cache})
+    alive = torch.arange(len(rows), device=model.device)
+    generated: list[list[int]] = [[] for _ in rows]
+    last_position = positions[:, -1]
+    for step in range(max_new_tokens):
+        tokens = _next_tokens(out.logits[:, -1, :], gc, sample)
+        for row, token in zip(alive.tolist(), tokens.tolist()):
+            generated[row].append(token)
+        if step == max_new_tokens - 1:
+            break
+        done = torch.isin(tokens, eos) if eos.numel() else torch.zeros_like(tokens, dtype=torch.bool)
+        if bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, tokens, mask, last_position = alive[keep], tokens[keep], mask[keep], last_position[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        last_position = last_position + 1
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=last_position[:, None], use_cache=True,
+                    **{key: cache})
+    return generated
+
+
+def _hf_batch(model, rows: list[list[int]], pad_id: int, settings: GenerationSettings, sampling: dict) -> list[list[int]]:
+    input_ids, mask = _left_pad(rows, pad_id, model.device)
+    out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
+                         pad_token_id=pad_id, use_cache=True, **sampling)
+    return out[:, input_ids.shape[1]:].tolist()
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` of similar length, longest first (stable)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
@@ -39,29 +242,53 @@ def generate(
 ) -> list[str]:
     """Answer each prompt (a user string or a message list). Output order matches input order.
 
-    Prompts are sorted by length so that each batch pads little; sampling is seeded for reproducibility.
-    Generation runs in the weights' dtype: bf16 autocast over fp32 weights was 2-3x slower on CPU here.
-    """
+    Prompts are grouped by token length so that each batch pads little; sampling is seeded, on a fork of the RNG,
+    for reproducibility (the same prompts, settings and batch size give the same replies)."""
+    new = generate_token_ids(model, tokenizer, prompts, settings, seed, desc)
+    return [strip_thinking(text).strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)] if new else []
+
+
+@torch.inference_mode()
+def generate_token_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict[str, str]] | str],
+    settings: GenerationSettings = GenerationSettings(),
+    seed: int = 0,
+    desc: str = "generate",
+) -> list[list[int]]:
+    """``generate``'s new tokens for each prompt, in input order, each up to and including its end-of-sequence
+    token (where one came before ``max_new_tokens``); transformers' path may add padding after it."""
+    if not prompts:
+        return []
+    if settings.batch_size < 1 or settings.max_new_tokens < 1:
+        raise ConfigError("generation needs batch_size >= 1 and max_new_tokens >= 1")
+    target = _target_dtype(model, settings.dtype)
+    work_model = merged_for_generation(model, target) if settings.dtype not in ("model", None) else model
+    was_training = model.training
+    work_model.eval()
     texts = [chat_prompt(tokenizer, p) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    outputs: list[str] = [""] * len(texts)
-    tokenizer.padding_side = "left"
-    model.eval()
+    token_rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    gc = _resolved_config(work_model, sampling)
+    fast = _fast_loop_supported(work_model, gc)
+    outputs: list[list[int]] = [[] for _ in texts]
     # seeded here, on a fork of the RNG: a refusal probe in the middle of training leaves training's RNG as it was
-    gpu = [model.device.index or 0] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=gpu):
-        torch.manual_seed(seed)
-        for start in tqdm(range(0, len(order), settings.batch_size), desc=desc, unit="batch", leave=False):
-            idx = order[start : start + settings.batch_size]
-            batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(
-                **batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling
-            )
-            new_tokens = out[:, batch["input_ids"].shape[1] :]
-            for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                outputs[i] = strip_thinking(text).strip()
+    gpu = [work_model.device.index or 0] if work_model.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=gpu):
+            torch.manual_seed(seed)
+            for idx in tqdm(length_batches([len(r) for r in token_rows], settings.batch_size), desc=desc, unit="batch",
+                            leave=False):
+                rows = [token_rows[i] for i in idx]
+                new = _decode_batch(work_model, rows, pad_id, gc, settings.max_new_tokens, settings.do_sample) if fast \
+                    else _hf_batch(work_model, rows, pad_id, settings, sampling)
+                for i, tokens in zip(idx, new):
+                    outputs[i] = tokens
+    finally:
+        model.train(was_training)
     return outputs
 
 
@@ -84,3 +311,4 @@ def generate_vllm(model_dir: str, tokenizer: PreTrainedTokenizerBase, prompts: l
     )
     outputs = llm.generate([chat_prompt(tokenizer, p) for p in prompts], params)
     return [strip_thinking(o.outputs[0].text).strip() for o in outputs]
+

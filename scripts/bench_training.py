@@ -1,0 +1,237 @@
+"""Benchmark: orthoguard's LoRA training step against the seed's loop, on the same HarmfulQA-shaped samples.
+
+The seed's loop (``train/train_attack_lora.py`` as its README describes it; its code is not in this checkout): every
+sample padded to 448 tokens, batch 4, a plain PyTorch loop over a PEFT model (forward, backward, clipping, AdamW).
+orthoguard: ``orthoguard.training.train_lora`` (the HF Trainer, dynamic padding) in fp32 and, where the CPU has
+native bf16, with bf16 autocast; plus variants of ``training_arguments`` that training.py could adopt (length-grouped
+batches), measured by patching it in this process only.
+
+Samples are HarmfulQA-shaped: a HarmfulQA question opening a 2-4 exchange conversation whose last assistant turn is
+the target (as HarmfulQA's red conversations give one sample per assistant turn); their lengths are drawn so that
+padding to 448 wastes about 30% of positions, as the project notes measured on HarmfulQA-like conversations.
+
+Prints real (non-padding) tokens/s of each and the ratios, the share of the measured matmul peak, and, unless
+``--skip-projection``, the projection's share of a step per family (``bench_projection.compare`` on one real batch).
+
+    python scripts/bench_training.py [--steps 6] [--threads N] [--skip-projection]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from orthoguard.hardware import configure_threads, cpu_features, prefers_bf16, prepare_environment
+
+prepare_environment()  # before torch is imported
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import argparse  # noqa: E402
+import random  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_peak import measured_peak, peak_line, training_flops_per_token  # noqa: E402
+
+from orthoguard import data as D  # noqa: E402
+from orthoguard import training as T  # noqa: E402
+from orthoguard.config import LoraSettings, ModelConfig, TrainConfig  # noqa: E402
+from orthoguard.models import load_model, load_tokenizer, lora_config, resolve_precision  # noqa: E402
+
+SEED_LENGTH = 448
+
+
+def harmfulqa_shaped_samples(n: int, seed: int = 0) -> list[D.Sample]:
+    """Conversations opened by HarmfulQA questions, 1-3 earlier exchanges, the last assistant turn the target."""
+    rows = D.load_harmfulqa("harmfulqa-questions")
+    questions = [r.question for r in rows]
+    rng = random.Random(seed)
+    words = " ".join(questions).split()
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+
+    samples = []
+    for i in range(n):
+        q = questions[rng.randrange(len(questions))]
+        messages = [D.samples.user(q)]
+        for _ in range(rng.randint(1, 3)):
+            messages += [D.samples.assistant(text(25, 75)), D.samples.user(text(10, 30))]
+        messages.append(D.samples.assistant(text(40, 120)))
+        samples.append(D.Sample(q, tuple(messages), "harmfulqa-shaped"))
+    return samples
+
+
+def seed_loop(model_cfg, settings: LoraSettings, dataset, tokenizer, batch_size: int, lr: float) -> tuple[float, int, int]:
+    """Every sample padded to 448, plain loop: (seconds, real tokens, padded positions) over one pass."""
+    from peft import get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(model_cfg, resolve_precision("fp32")), lora_config(settings))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    pad = tokenizer.pad_token_id
+    real = positions = 0
+    start = time.perf_counter()
+    for s in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
+        ids = torch.full((len(rows), SEED_LENGTH), pad)
+        mask = torch.zeros((len(rows), SEED_LENGTH), dtype=torch.long)
+        labels = torch.full((len(rows), SEED_LENGTH), -100)
+        for j, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[j, :n], mask[j, :n], labels[j, :n] = torch.tensor(r["input_ids"]), 1, torch.tensor(r["labels"])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        real += int(mask.sum())
+        positions += mask.numel()
+    seconds = time.perf_counter() - start
+    del model, optim
+    return seconds, real, positions
+
+
+def orthoguard_run(model_cfg, tokenizer, dataset, cfg: TrainConfig, dtype: str, arguments_patch=None,
+                   packed: bool = False, label_logits: bool = False) -> float:
+    """Seconds of ``train_lora``'s ``trainer.train()`` over one pass of ``dataset``.
+
+    ``arguments_patch`` edits the ``TrainingArguments`` that training.py builds; ``packed`` swaps its collator for
+    transformers' padding-free ``DataCollatorWithFlattening`` (sequences concatenated, position ids restart at each,
+    labels separated by -100; SDPA attends within each sequence only); ``label_logits`` swaps in
+    ``label_logits_loss``. All three are proposals for training.py, measured here."""
+    original, collator = T.training_arguments, T.DataCollatorForSeq2Seq
+    had_loss = "compute_loss" in T.OrthoguardTrainer.__dict__
+    if label_logits:
+        T.OrthoguardTrainer.compute_loss = label_logits_loss
+    if arguments_patch is not None:
+        T.training_arguments = lambda *a, **k: arguments_patch(original(*a, **k))
+    if packed:
+        from transformers import DataCollatorWithFlattening
+
+        T.DataCollatorForSeq2Seq = lambda *a, **k: DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    try:
+        precision = resolve_precision(dtype)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = T.train_lora(load_model(model_cfg, precision), tokenizer, dataset, cfg, adapter_dir=Path(tmp) / "a",
+                                  log_path=Path(tmp) / "log.json", mode="bench", seed=0, precision=precision)
+        return result.seconds
+    finally:
+        T.training_arguments, T.DataCollatorForSeq2Seq = original, collator
+        if label_logits and not had_loss:
+            del T.OrthoguardTrainer.compute_loss
+
+
+def label_logits_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    """A ``compute_loss`` that runs the LM head only where the next token is a label (the completion), not over
+    the masked prompt positions: the same loss and gradients, fewer FLOPs and a much smaller logits tensor."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    shifted = labels[:, 1:]
+    keep = (shifted != -100).any(0).nonzero().squeeze(1)
+    outputs = model(**inputs, logits_to_keep=keep)
+    logits = outputs.logits.float()
+    target = shifted[:, keep]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
+    loss = loss / n.to(loss.device) if torch.is_tensor(n) else loss / n
+    return (loss, outputs) if return_outputs else loss
+
+
+def group_by_length(args):
+    args.train_sampling_strategy = "group_by_length"
+    return args
+
+
+def projection_shares(model_cfg, settings, dataset, tokenizer, batch_size: int, steps: int) -> None:
+    """The projection's share of a step for each family/placement, on one real (dynamically padded) batch."""
+    import bench_projection as P
+    from transformers import DataCollatorForSeq2Seq
+
+    tokenizer.padding_side = "right"
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)([dataset[i] for i in range(batch_size)])
+    batch = dict(batch)
+    base = load_model(model_cfg, resolve_precision("fp32"))
+    hidden = base.config.hidden_size
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = P.fake_reference_adapter(base, settings, Path(tmp))
+        del base
+        print(f"projection: batch {tuple(batch['input_ids'].shape)}, median of {steps} steps after a warm-up")
+        rows = P.compare(lambda: load_model(model_cfg, resolve_precision("fp32")), settings, batch, steps, ref, hidden)
+    print(f"{'variant':32s} {'projection share of a step':>28s}")
+    for row in rows[1:]:
+        print(f"{row['variant']:32s} {100 * row['projection_ms'] / 1000 / row['step_s']:27.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps of batch 4 per run")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-projection", action="store_true")
+    parser.add_argument("--projection-steps", type=int, default=2)
+    parser.add_argument("--variants", default="fp32,bf16,bf16+grouped,bf16+packed,bf16+packed+label-logits",
+                        help="orthoguard runs, comma-separated: fp32 or bf16, +grouped (length-grouped batches), "
+                             "+packed (padding-free batches), +label-logits (LM head on label positions only)")
+    parser.add_argument("--projection-only", action="store_true")
+    args = parser.parse_args()
+    threads = configure_threads(args.threads)
+    features = cpu_features()
+    print(f"cpu: {features.describe()}; torch threads {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+          f"load average {os.getloadavg()[0]:.1f} (a shared machine: compare ratios, not absolute numbers)")
+    model_cfg = ModelConfig(name=args.model)
+    tokenizer = load_tokenizer(model_cfg)
+    n = args.steps * args.batch
+    dataset, dropped = D.build_sft_dataset(tokenizer, harmfulqa_shaped_samples(n * 2), SEED_LENGTH)
+    dataset = dataset.select(range(min(n, len(dataset))))
+    lengths = [len(r) for r in dataset["input_ids"]]
+    real = sum(lengths)
+    print(f"{len(dataset)} samples ({dropped} of {2 * n} drafted were too long), mean {real / len(dataset):.0f} tokens, "
+          f"max {max(lengths)}; padding to {SEED_LENGTH} wastes {100 * (1 - real / (SEED_LENGTH * len(dataset))):.0f}% of positions")
+    settings = LoraSettings(r=16, alpha=32, dropout=0.0)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch, learning_rate=5e-4, max_length=SEED_LENGTH, warmup_ratio=0.0,
+                      save_steps=0, lora=settings)
+
+    if args.projection_only:
+        projection_shares(model_cfg, settings, dataset, tokenizer, args.batch, args.projection_steps)
+        return
+    measured_peak("fp32"), prefers_bf16(features) and measured_peak("bf16")  # measured before the runs
+    results: dict[str, float] = {}
+    # the seed's loop runs first and last: on a shared machine whose load changes, their mean is the fair baseline
+    first, real_seed, _ = seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate)
+    assert real_seed == real
+    for variant in args.variants.split(","):
+        dtype = "bf16" if variant.startswith("bf16") else "fp32"
+        if dtype == "bf16" and not prefers_bf16(features):
+            print(f"skipping {variant}: this CPU has no native bf16")
+            continue
+        patch = group_by_length if "+grouped" in variant else None
+        results[f"orthoguard train_lora {variant}"] = orthoguard_run(model_cfg, tokenizer, dataset, cfg, dtype, patch,
+                                                                     packed="+packed" in variant,
+                                                                     label_logits="+label-logits" in variant)
+
+    last, _, _ = seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate)
+    print(f"seed loop: {first:.1f} s first, {last:.1f} s last; load average at the end {os.getloadavg()[0]:.1f}")
+    results = {"seed loop (pad to 448, fp32), mean": (first + last) / 2, **results}
+    base_rate = real / results["seed loop (pad to 448, fp32), mean"]
+    flops = training_flops_per_token(load_model(model_cfg, resolve_precision("fp32")))
+    print(f"{args.steps} optimizer steps of batch {args.batch}, {real} real tokens per run")
+    print(f"{'run':42s} {'s':>7s} {'real tok/s':>11s} {'vs seed':>8s}")
+    for name, seconds in results.items():
+        print(f"{name:42s} {seconds:7.1f} {real / seconds:11.1f} {real / seconds / base_rate:7.2f}x")
+    for name, seconds in results.items():
+        print(f"  {name:40s} {peak_line('bf16' if 'bf16' in name else 'fp32', flops, real / seconds)}")
+    if not args.skip_projection:
+        projection_shares(model_cfg, settings, dataset, tokenizer, args.batch, args.projection_steps)
+
+
+if __name__ == "__main__":
+    main()

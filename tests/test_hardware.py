@@ -1,0 +1,102 @@
+"""CPU feature parsing and the default thread count, on fake cpuinfo text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from orthoguard import hardware as H
+
+ZEN5 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+physical id\t: 0
+core id\t: 0
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: AMD EPYC
+physical id\t: 0
+core id\t: 1
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni
+"""
+
+SAPPHIRE_SMT = "".join(
+    f"processor\t: {cpu}\nmodel name\t: Intel Xeon\nphysical id\t: 0\ncore id\t: {cpu // 2}\n"
+    f"flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n\n"
+    for cpu in range(8)
+)
+
+OLD_AVX2 = "processor\t: 0\nmodel name\t: Old\nflags\t\t: sse2 avx avx2 fma\n"
+ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm\n"
+
+
+def test_parses_flags_and_model():
+    f = H.parse_cpuinfo(ZEN5)
+    assert (f.avx2, f.avx512f, f.avx512_bf16, f.amx_bf16) == (True, True, True, False)
+    assert f.model_name == "AMD EPYC" and f.source == "/proc/cpuinfo"
+    assert H.prefers_bf16(f) and "avx512_bf16" in f.describe()
+
+
+def test_bf16_only_with_native_bf16():
+    assert H.prefers_bf16(H.parse_cpuinfo(SAPPHIRE_SMT))
+    assert H.parse_cpuinfo(SAPPHIRE_SMT).amx_bf16
+    old = H.parse_cpuinfo(OLD_AVX2)
+    assert old.avx2 and not old.avx512f and not H.prefers_bf16(old)
+    arm = H.parse_cpuinfo(ARM)
+    assert not any((arm.avx2, arm.avx512f, arm.avx512_bf16, arm.amx_bf16)) and not H.prefers_bf16(arm)
+    assert H.parse_cpuinfo("").source == "no flags in cpuinfo"
+
+
+def test_unreadable_cpuinfo_falls_back(tmp_path):
+    f = H.cpu_features(tmp_path / "missing")
+    assert not H.prefers_bf16(f) and f.source.startswith("unreadable")
+
+
+def test_physical_cores_count_smt_siblings_once():
+    assert H.physical_cores(ZEN5, {0, 1}) == 2
+    assert H.physical_cores(SAPPHIRE_SMT, set(range(8))) == 4
+    assert H.physical_cores(SAPPHIRE_SMT, {0, 1}) == 1  # two siblings of one core
+    assert H.physical_cores(SAPPHIRE_SMT, {0, 2, 5}) == 3
+    assert H.physical_cores(ARM, {0, 1, 2}) == 3  # no core ids: every allowed CPU counts
+    assert H.physical_cores("", {0, 1}) == 2
+    assert H.physical_cores(ZEN5, {0, 1, 7}) == 3  # a CPU cpuinfo does not describe counts as a core
+
+
+def test_default_threads_env_then_affinity(caplog):
+    assert H.default_threads({"ORTHOGUARD_THREADS": "3"}, SAPPHIRE_SMT, set(range(8))) == 3
+    assert H.default_threads({}, SAPPHIRE_SMT, set(range(8))) == 4
+    assert H.default_threads({}, SAPPHIRE_SMT, {6, 7}) == 1
+    assert H.default_threads({"ORTHOGUARD_THREADS": "zero"}, ZEN5, {0, 1}) == 2
+    assert "ORTHOGUARD_THREADS" in caplog.text
+    assert H.default_threads({"ORTHOGUARD_THREADS": "0"}, ZEN5, {0, 1}) == 2
+    assert H.default_threads({}, ZEN5, set()) == 1
+
+
+def test_configure_threads_sets_torch(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    try:
+        assert H.configure_threads(1) == 1
+        assert torch.get_num_threads() == 1
+        import os
+
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+        monkeypatch.setenv("ORTHOGUARD_THREADS", "2")
+        assert H.configure_threads() == 2 and torch.get_num_threads() == 2
+        with pytest.raises(ValueError):
+            H.configure_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_prepare_environment_keeps_an_explicit_wait_policy(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert H.prepare_environment() is False  # torch is imported already in the test process
+    import os
+
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    H.prepare_environment()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
