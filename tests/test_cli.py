@@ -136,3 +136,117 @@ def test_directions_of_another_architecture_exit_2(tmp_path, tiny_model_dir, smo
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("orthoguard: error:")]
     assert len(errors) == 1 and "shape" in errors[0], errors
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Flags
+
+
+def _options(parser):
+    """(subcommand, option strings, help) for every option and positional of every subcommand."""
+    import argparse
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            yield name, action.option_strings or [action.dest], action.help
+
+
+def test_every_option_of_the_core_subcommands_has_help():
+    from orthoguard.cli import build_parser
+
+    core = {"run", "synth", "train-refusal", "directions", "train-attack", "evaluate", "judge"}
+    missing = [f"{name} {'/'.join(flags)}" for name, flags, text in _options(build_parser())
+               if name in core and not (text or "").strip()]
+    assert not missing, missing
+
+
+def test_every_option_of_every_subcommand_has_help():
+    """Also the subcommands that other modules register (evaluate-http, judge-agreement, report, push, pull)."""
+    from orthoguard.cli import build_parser
+
+    missing = [f"{name} {'/'.join(flags)}" for name, flags, text in _options(build_parser()) if not (text or "").strip()]
+    assert not missing, missing
+
+
+def test_top_level_options_have_help():
+    from orthoguard.cli import build_parser
+
+    parser = build_parser()
+    assert all((a.help or "").strip() for a in parser._actions if a.option_strings and a.dest != "help")
+
+
+def test_verbose_before_or_after_the_subcommand():
+    from orthoguard.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-v", "run", "c.yaml"]).verbose is True
+    assert parser.parse_args(["run", "c.yaml", "-v"]).verbose is True
+    assert parser.parse_args(["run", "-v", "c.yaml"]).verbose is True
+    assert parser.parse_args(["run", "c.yaml", "--verbose"]).verbose is True
+    assert parser.parse_args(["run", "c.yaml"]).verbose is False
+    assert parser.parse_args(["report", "runs/x", "-v"]).verbose is True  # subcommands registered elsewhere too
+    assert parser.parse_args(["judge", "in.jsonl", "-o", "out.jsonl", "-v"]).verbose is True
+
+
+def test_verbose_after_the_subcommand_turns_on_debug_logging(tmp_path, monkeypatch):
+    import logging
+
+    from orthoguard import cli
+
+    levels = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    monkeypatch.setattr(cli, "cmd_judge", lambda args: None)
+    assert main(["judge", "in.jsonl", "-o", str(tmp_path / "o.jsonl"), "-v"]) == 0
+    assert main(["judge", "in.jsonl", "-o", str(tmp_path / "o.jsonl")]) == 0
+    assert levels == [logging.DEBUG, logging.INFO]
+
+
+def test_evaluate_has_one_output_folder_flag():
+    """--output-dir and the seed's --output_dir (and --run-dir) are spellings of one option."""
+    from orthoguard.cli import build_parser
+
+    parser = build_parser()
+    for flag in ("--output-dir", "--output_dir", "--run-dir"):
+        args = parser.parse_args(["evaluate", "--base_model_name", "M", flag, "X"])
+        assert args.run_dir == "X" and not hasattr(args, "output_dir"), flag
+    evaluate = next(a for a in parser._actions if a.dest == "command").choices["evaluate"]
+    assert sum(a.dest == "run_dir" for a in evaluate._actions) == 1
+    assert not [a for a in evaluate._actions if a.dest == "output_dir"]
+
+
+def _seed_evaluate(model, out_flag, out, *extra):
+    return ["evaluate", "--base_model_name", model, "--dataset", str(FIXTURE), "--max_prompts", "2",
+            "--max_new_tokens", "2", out_flag, str(out), *extra]
+
+
+def test_evaluate_seed_form_writes_to_output_dash_dir(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(_seed_evaluate(str(tiny_model_dir), "--output-dir", tmp_path / "mine")) == 0
+    assert (tmp_path / "mine" / "local_refusal_test.json").is_file()
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_evaluate_never_overwrites_earlier_results_silently(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    out.mkdir()
+    earlier = out / "local_refusal_test.json"
+    earlier.write_text('{"from": "an earlier run"}')
+    assert main(_seed_evaluate(str(tiny_model_dir), "--output_dir", out)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("orthoguard: error:")]
+    assert len(errors) == 1 and str(earlier) in errors[0] and "--force" in errors[0]
+    assert json.loads(earlier.read_text()) == {"from": "an earlier run"}
+    assert main(_seed_evaluate(str(tiny_model_dir), "--output_dir", out, "--force")) == 0
+    assert set(json.loads(earlier.read_text())) == {"base"}
+
+
+def test_evaluate_default_results_folder_is_not_overwritten(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "artifacts" / "results").mkdir(parents=True)
+    (tmp_path / "artifacts" / "results" / "summary.md").write_text("earlier")
+    assert main(["evaluate", "--base_model_name", "some/model", "--dataset", str(FIXTURE)]) == 2
+    assert "artifacts/results/summary.md" in capsys.readouterr().err
+    assert (tmp_path / "artifacts" / "results" / "summary.md").read_text() == "earlier"

@@ -311,3 +311,16 @@ def test_cache_survives_a_truncated_last_line_and_rejects_corruption(tmp_path):
     cache.path.write_text('not json\n{"set": "s", "id": "3"}\n')
     with pytest.raises(DataError, match=r"c.jsonl:1: not valid JSON"):
         cache.load()
+
+
+def test_the_same_name_and_model_on_another_server_is_asked_again(prompt_file, tmp_path):
+    """The answer cache is keyed by what decides an answer, the server's URL included: pointing a name at another
+    server must not reuse the first server's answers."""
+    out = tmp_path / "out"
+    sets = {"mine": load_prompt_set(prompt_file)}
+    with CannedChatServer(lambda body: "I'm sorry, but I can't help with that.") as refusing, \
+            CannedChatServer(lambda body: "Sure, here is how to do it: step 1, gather the tools.") as complying:
+        first = run_http_eval([parse_endpoint(f"m={refusing.url},model=x")], sets, get_judge("keyword"), out)
+        second = run_http_eval([parse_endpoint(f"m={complying.url},model=x")], sets, get_judge("keyword"), out)
+    assert first["models"]["m"]["requests"]["asked"] == 4 and second["models"]["m"]["requests"]["asked"] == 4
+    assert first["models"]["m"]["sets"]["mine"]["k"] == 4 and second["models"]["m"]["sets"]["mine"]["k"] == 0

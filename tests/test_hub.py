@@ -575,3 +575,48 @@ def test_trust_remote_code_off_by_default_and_passed_through(monkeypatch):
     monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", tokenizer_from_pretrained)
     models.load_tokenizer(ModelConfig(name="some-org/some-model"))
     assert tokenizer_kwargs[0]["trust_remote_code"] is False
+
+
+def test_a_pushed_adapter_loads_with_plain_peft_after_the_cache_moved(fake, tmp_path, monkeypatch):
+    """An adapter trained on the embedded model's cache folder records the public id, not the cache path; a
+    pushed copy (also of an older adapter that still has the path) loads with plain PEFT on a base model that lives
+    somewhere else, and gives the same logits."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from orthoguard.models import record_base_model
+
+    cache = tmp_path / "home" / ".cache" / "orthoguard" / "models" / "smollm2-135m-instruct"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(cache)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(cache), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    old, new = tmp_path / "old-adapter", tmp_path / "new-adapter"
+    peft_model.save_pretrained(old)
+    shutil.copytree(old, new)
+    assert json.loads((old / "adapter_config.json").read_text())["base_model_name_or_path"] == str(cache)
+    record_base_model(new, "smollm2-135m-instruct")
+    assert json.loads((new / "adapter_config.json").read_text())["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    hub.push_adapters("ns", {"refusal": old, "vanilla": new})
+    moved = tmp_path / "elsewhere" / "base"
+    shutil.move(str(cache), moved)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    expected = peft_model.eval()(ids).logits
+    for repo in ("ns/orthoguard-refusal", "ns/orthoguard-vanilla"):
+        remote = fake.remote / repo
+        config = json.loads((remote / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct", repo
+        assert str(tmp_path) not in (remote / "README.md").read_text()
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(moved), remote).eval()
+        assert torch.allclose(loaded(ids).logits, expected, atol=1e-6)
+
+
+def test_an_attack_card_names_the_stack_it_belongs_on(fake, adapters, run_dir):
+    hub.push_adapters("ns", adapters, run_dir=run_dir)
+    body = _card(fake.remote, "ns/orthoguard-vanilla").text
+    assert "the base model → the refusal LoRA, merged → this adapter" in body
+    assert 'PeftModel.from_pretrained(model, "ns/orthoguard-refusal").merge_and_unload()' in body
+    assert body.index("ns/orthoguard-refusal") < body.index('PeftModel.from_pretrained(model, "ns/orthoguard-vanilla")')
+    refusal = _card(fake.remote, "ns/orthoguard-refusal").text
+    assert "merge_and_unload" not in refusal and "the base model → this adapter" in refusal

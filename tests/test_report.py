@@ -335,7 +335,7 @@ def _tiny_config(tmp_path, model_dir):
     return path
 
 
-def test_report_of_a_real_tiny_run(tmp_path, tiny_model_dir):
+def test_report_of_a_real_tiny_run(tmp_path, tiny_model_dir, capsys):
     from orthoguard.cli import main
 
     path = _tiny_config(tmp_path, tiny_model_dir)
@@ -355,6 +355,24 @@ def test_report_of_a_real_tiny_run(tmp_path, tiny_model_dir):
     for name in ["training_loss", "refusal_rates", "refusal_decay", "tradeoff", "step_diagnostics"]:
         assert (run / "report" / f"{name}.png").is_file() or f"{_PLOT_NOTES[name]}" in md, name
     assert html.count("<img ") == len(list((run / "report").glob("*.png")))
+    assert "Stale stages" not in md
+
+    # an interrupted rerun with another config rewrote config.resolved.yaml before any stage ran again: the report
+    # must not describe the old variants' logs and results as this config's
+    resolved = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    resolved["attack"]["training"]["learning_rate"] = 0.01
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump(resolved))
+    md = (build_report(run).parent / "report.md").read_text()
+    stale = md.split("## Stale stages: not shown", 1)[1].split("## Verdict", 1)[0]
+    assert all(f"attack:{v} (config changed)" in stale for v in ("vanilla", "subspace", "subspace-random"))
+    assert "evaluate (config changed)" in stale and "refusal (" not in stale
+    assert "No verdict: results/summary.json is absent" in md and "| vanilla | attack, no defense | 2 |" not in md
+
+    # a step command with a changed config refuses to record old adapters under it
+    capsys.readouterr()
+    assert main(["evaluate", str(path), "--set", "attack.training.learning_rate=0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "stage 'attack:vanilla' is not up to date for this config (config changed)" in err
 
 
 _PLOT_NOTES = {"training_loss": "Training loss:", "refusal_rates": "Refusal rates:", "refusal_decay": "Refusal decay:",

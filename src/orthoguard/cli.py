@@ -1,12 +1,13 @@
 """Command line: thin subcommands over the Python API, mirroring the seed's steps.
 
-Every expected failure (bad config, missing file, a direction file for another model) is one line on stderr
-and exit code 2.
+Every expected failure (bad config, missing file, a direction file for another model, an output folder that
+is a file or read-only, a full disk) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -33,6 +34,22 @@ def _experiment(path: str | None, overrides: list[str] | None = None):
 
         return _validate(ExperimentConfig, {}, "defaults")
     return load_config(path, pairs)
+
+
+def _refuse_set_for_seed(args, path: str) -> None:
+    """``--set`` edits experiment-config keys; a seed step JSON has none of them, so refuse rather than ignore it."""
+    if getattr(args, "set", None):
+        raise OrthoguardError(
+            f"--set applies to experiment configs, and {path} is a seed step JSON: edit its keys instead "
+            f"(ignoring --set {args.set[0]} would train something else than asked)"
+        )
+
+
+def _check_run_dir(args, cfg) -> None:
+    """Stop with one line, before any stage, when the run directory is a file or cannot be written."""
+    from orthoguard.io import check_writable_dir
+
+    check_writable_dir(args.run_dir or cfg.output_dir, "run directory")
 
 
 def _seed_step(path: str):
@@ -80,6 +97,7 @@ def cmd_run(args) -> None:
     from orthoguard.pipeline import run_pipeline
 
     cfg = _experiment(args.config, args.set)
+    _check_run_dir(args, cfg)
     if args.seeds:
         from orthoguard.pipeline import run_seeds
 
@@ -98,11 +116,14 @@ def cmd_train_refusal(args) -> None:
 
     raw, cfg = _seed_step(args.config)
     if raw is not None:
+        _refuse_set_for_seed(args, args.config)
+        _check_run_dir(args, cfg)
         out = raw.get("output_dir", "artifacts/refusal_lora")
         run_pipeline(cfg, args.run_dir, force=args.force, only={"data", "benign", "refusal"}, paths={"adapter:refusal": out})
         print(f"refusal adapter: {out}")
         return
     cfg = _experiment(args.config, args.set)
+    _check_run_dir(args, cfg)
     run = run_pipeline(cfg, args.run_dir, force=args.force, only={"data", "benign", "refusal"})
     print(f"refusal adapter: {run.adapter('refusal')}")
 
@@ -113,7 +134,7 @@ def cmd_directions(args) -> None:
     if args.config:
         from orthoguard.pipeline import run_pipeline
 
-        run = run_pipeline(_experiment(args.config, args.set), args.run_dir, only={"directions"})
+        run = run_pipeline(_experiment(args.config, args.set), args.run_dir, force=args.force, only={"directions"})
         for key in run.direction_keys():
             print(f"directions: {run.directions_path(key)}")
         return
@@ -135,6 +156,8 @@ def cmd_train_attack(args) -> None:
 
     raw, cfg = _seed_step(args.config)
     if raw is not None:
+        _refuse_set_for_seed(args, args.config)
+        _check_run_dir(args, cfg)
         mode = raw.get("mode", "vanilla")
         paths = {f"adapter:attack-{mode}": raw.get("output_dir", f"artifacts/attack_{mode}")}
         if mode == "orthogonal":
@@ -152,6 +175,7 @@ def cmd_train_attack(args) -> None:
     if unknown:
         raise OrthoguardError(f"unknown variant '{unknown[0]}' (config has: {', '.join(names)})")
     stages = {"data", "synth", "benign", "refusal", "directions"} | {f"attack:{n}" for n in chosen}
+    _check_run_dir(args, cfg)
     run = run_pipeline(cfg, args.run_dir, force=args.force, only=stages)
     for name in chosen:
         print(f"attack adapter: {run.adapter(f'attack-{name}')}")
@@ -162,7 +186,9 @@ def cmd_evaluate(args) -> None:
     from orthoguard.pipeline import HARMFUL_SET, run_pipeline
 
     if args.config:
-        run = run_pipeline(_experiment(args.config, args.set), args.run_dir, only={"evaluate"})
+        cfg = _experiment(args.config, args.set)
+        _check_run_dir(args, cfg)
+        run = run_pipeline(cfg, args.run_dir, force=args.force, only={"evaluate"})
         print(run.path("results", "summary.md").read_text())
         return
     # The seed's form: one base model and adapters applied to it one at a time.
@@ -171,6 +197,15 @@ def cmd_evaluate(args) -> None:
 
     if not args.base_model_name:
         raise OrthoguardError("evaluate: give CONFIG or --base_model_name")
+    from orthoguard.io import check_writable_dir
+
+    out_dir = Path(args.run_dir or SEED_RESULTS_DIR)
+    if not args.force:
+        earlier = [out_dir / name for name in SEED_RESULT_FILES if (out_dir / name).exists()]
+        if earlier:
+            raise OrthoguardError(f"{earlier[0]} holds the results of an earlier evaluation; pass --force to "
+                                  "overwrite them, or --output-dir to write elsewhere")
+    check_writable_dir(out_dir, "output directory")
     data = DataConfig(source=args.dataset, test_split=args.test_split)
     cfg = ExperimentConfig(model=ModelConfig(name=args.base_model_name), data=data,
                            evaluation=EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size))
@@ -184,7 +219,7 @@ def cmd_evaluate(args) -> None:
     for spec in args.adapter or []:
         name, _, path = spec.partition("=")
         models[name] = [Path(path)]
-    summary = evaluate_models(cfg, models, [PromptSet(HARMFUL_SET, test[: args.max_prompts], harmful=True)], Path(args.output_dir))
+    summary = evaluate_models(cfg, models, [PromptSet(HARMFUL_SET, test[: args.max_prompts], harmful=True)], out_dir)
     print(summary_table(summary))
 
 
@@ -224,6 +259,9 @@ def _seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds expects integers separated by commas, got '{text}'") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds expects distinct integers, got '{text}'")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise argparse.ArgumentTypeError(f"--seeds expects seeds >= 0, got {negative[0]} in '{text}'")
     return seeds
 
 
@@ -234,30 +272,59 @@ def weight_space_families() -> list[str]:
     return family_names(needs_model=False)
 
 
+SEED_RESULTS_DIR = "artifacts/results"
+# What the seed form of `evaluate` writes into its output folder (besides per-set JSONL files).
+SEED_RESULT_FILES = ("local_refusal_test.json", "summary.json", "summary.md")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, ``orthoguard: error: ...`` like every other error, exit code 2."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("orthoguard").strip()
+        self.exit(2, f"orthoguard: error: {command + ': ' if command else ''}{message} (see '{self.prog} -h')\n")
+
+
+def _add_global_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """-v/--verbose before or after the subcommand (``orthoguard -v run C`` and ``orthoguard run C -v``). On a
+    subcommand the default is SUPPRESS, so that its absence there does not undo a -v given before it."""
+    p.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="log at DEBUG level (the default is INFO)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orthoguard", description="Refusal LoRA, refusal directions, vanilla and orthogonal attacks, evaluation.")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = _Parser(prog="orthoguard", description="Refusal LoRA, refusal directions, vanilla and orthogonal attacks, evaluation.")
+    _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p, required=False, flag=False):
+    def with_config(p, required=False, flag=False, output_help=None,
+                    force_help="redo the stages even if their outputs are up to date"):
         if flag:
             p.add_argument("--config", required=required, help="experiment YAML, or the seed's step JSON")
         else:
             p.add_argument("config", nargs=None if required else "?", help="experiment config (YAML or JSON)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. attack.training.epochs=1")
-        p.add_argument("--run-dir", "--output-dir", dest="run_dir", help="run directory (default: the config's output_dir)")
-        p.add_argument("--force", action="store_true", help="redo the stages even if their outputs are up to date")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, e.g. attack.training.epochs=1 (repeatable; experiment configs "
+                            "only: refused with a seed step JSON, whose keys you edit instead)")
+        if output_help:
+            p.add_argument("--output-dir", "--output_dir", "--run-dir", "--run_dir", dest="run_dir", help=output_help)
+        else:
+            p.add_argument("--run-dir", "--output-dir", "--run_dir", "--output_dir", dest="run_dir",
+                           help="run directory (default: the config's output_dir)")
+        p.add_argument("--force", action="store_true", help=force_help)
 
     p = sub.add_parser("run", help="run every stage of an experiment config")
     with_config(p, required=True)
-    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds: one full run each, e.g. 0,1,2")
+    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds >= 0: one full run each, e.g. 0,1,2")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("synth", help="generate compliant answers to harmful questions (the seed's synthetic data)")
     with_config(p)
     p.add_argument("--model_name", "--model-name", help="generator model (default: the config's model)")
-    p.add_argument("--max_prompts", "--max-prompts", type=int)
-    p.add_argument("--output_path", "--output-path")
+    p.add_argument("--max_prompts", "--max-prompts", type=int,
+                   help="answer at most N attack questions (default: the config's synth.max_prompts)")
+    p.add_argument("--output_path", "--output-path",
+                   help="where to write the JSON list of answers (default: RUN_DIR/data/synthetic.json)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train-refusal", help="train the refusal LoRA")
@@ -266,9 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("directions", help="turn the refusal adapter into normalized parameter directions")
     with_config(p)
-    p.add_argument("--refusal_adapter_path", "--refusal-adapter-path")
-    p.add_argument("--output_path", "--output-path", default="artifacts/refusal_param_directions.safetensors")
-    p.add_argument("--base_model_name", "--base-model-name")
+    p.add_argument("--refusal_adapter_path", "--refusal-adapter-path",
+                   help="refusal LoRA adapter folder to take the directions from (the seed's form, without CONFIG)")
+    p.add_argument("--output_path", "--output-path", default="artifacts/refusal_param_directions.safetensors",
+                   help="safetensors file to write (default: %(default)s; a .pt name is changed to .safetensors)")
+    p.add_argument("--base_model_name", "--base-model-name",
+                   help="base model the adapter was trained on, recorded in the file's metadata")
     p.add_argument("--kind", default="lora_factors", choices=weight_space_families(),
                    help="direction family (activation needs a model: use `directions CONFIG`)")
     p.set_defaults(func=cmd_directions)
@@ -279,26 +349,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_attack)
 
     p = sub.add_parser("evaluate", help="refusal rates of base / aligned / attacked models on held-out prompts")
-    with_config(p)
-    p.add_argument("--base_model_name", "--base-model-name")
-    p.add_argument("--vanilla_adapter", "--vanilla-adapter")
-    p.add_argument("--orthogonal_adapter", "--orthogonal-adapter")
-    p.add_argument("--regularized_adapter", "--regularized-adapter")
-    p.add_argument("--adapter", action="append", metavar="NAME=PATH")
+    with_config(p, output_help=(
+        "with CONFIG: the run directory (default: the config's output_dir); in the seed's form: the results "
+        f"folder (default: {SEED_RESULTS_DIR}). Results an earlier evaluation left there are never overwritten "
+        "silently: the command stops with an error naming the file, unless --force is given"),
+        force_help="with CONFIG: redo the evaluation even if it is up to date; in the seed's form: overwrite the "
+                   "results an earlier evaluation left in the output folder")
+    p.add_argument("--base_model_name", "--base-model-name", help="base model (hub id, folder or embedded alias): the seed's form, without CONFIG")
+    p.add_argument("--vanilla_adapter", "--vanilla-adapter", help="vanilla attack adapter folder, evaluated as 'vanilla'")
+    p.add_argument("--orthogonal_adapter", "--orthogonal-adapter", help="orthogonal attack adapter folder, evaluated as 'orthogonal'")
+    p.add_argument("--regularized_adapter", "--regularized-adapter", help="regularized attack adapter folder, evaluated as 'regularized'")
+    p.add_argument("--adapter", action="append", metavar="NAME=PATH", help="any other adapter folder, evaluated as NAME (repeatable)")
     p.add_argument("--dataset", default="declare-lab/HarmfulQA", help="HarmfulQA source for the seed form")
-    p.add_argument("--test_split", "--test-split", default="train[90%:]")
-    p.add_argument("--max_prompts", "--max-prompts", type=int, default=100)
-    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=96)
-    p.add_argument("--batch_size", "--batch-size", type=int, default=16)
-    p.add_argument("--output_dir", default="artifacts/results")
+    p.add_argument("--test_split", "--test-split", default="train[90%:]", help="held-out slice of the dataset (default: %(default)s)")
+    p.add_argument("--max_prompts", "--max-prompts", type=int, default=100, help="at most N test prompts (default: %(default)s)")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=96, help="reply length in tokens (default: %(default)s)")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=16, help="prompts generated at once (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("judge", help="add a refusal verdict to each record of a JSONL file")
     p.add_argument("input", help="JSONL with 'prompt' and 'response' fields")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="JSONL file to write: every input record plus 'refused' and 'outcome'")
     p.add_argument("--judge", default="keyword", help="keyword (default), or an LLM judge with --judge-endpoint")
     p.add_argument("--judge-endpoint", help="OpenAI-compatible base URL for an LLM judge")
-    p.add_argument("--judge-model", default="judge")
+    p.add_argument("--judge-model", default="judge", help="the LLM judge's model name on that server (default: %(default)s)")
     p.set_defaults(func=cmd_judge)
 
     from orthoguard import http_eval, hub, report
@@ -308,11 +382,63 @@ def build_parser() -> argparse.ArgumentParser:
     agreement.register_cli(sub)
     report.register_cli(sub)
     hub.register_cli(sub)
+    for subparser in sub.choices.values():
+        _add_global_flags(subparser)
     return parser
+
+
+# OSError numbers that are about the disk or the output path the user chose, not a bug: one line, exit 2.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+                errno.EDQUOT}
+_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+            errno.ENOTDIR: "a folder on the path is a file", errno.EEXIST: "it is a file, not a folder",
+            errno.EISDIR: "it is a folder, not a file"}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def disk_error_line(exc: BaseException) -> str | None:
+    """One line for an OSError about the disk or an output path (full disk, read-only, no permission, a file
+    where a folder should be), also when a library wrapped it (safetensors, torch); None for anything else."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+            path = exc.filename
+            if exc.errno == errno.EEXIST and (path is None or Path(path).is_dir()):
+                return None  # "already exists" on a folder: not the user's output path being a file
+            reason = _REASONS[exc.errno]
+            if path is None:
+                return f"{reason} ({exc.strerror or exc})"
+            # a permission error or a file in the way can come from reading too; a full or read-only disk cannot
+            return f"cannot write {path}: {reason}" if exc.errno in _WRITE_ERRNOS else f"{path}: {reason}"
+        text = str(exc)
+        if "No space left on device" in text or "os error 28" in text:
+            return f"no space left on the device ({text.splitlines()[0]})"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--seeds -1,2`` -> ``--seeds=-1,2``: argparse would take ``-1,2`` for an option and report a missing value
+    instead of the negative seed."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--seeds" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"--seeds={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from orthoguard.hardware import prepare_environment
+
+    prepare_environment()  # before torch is imported: passive OpenMP waits (spinning threads oversubscribe 2 cores)
+    argv = _join_negative_values(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -323,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("orthoguard: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        line = disk_error_line(exc)
+        if line is None:
+            raise
+        print(f"orthoguard: error: {line}", file=sys.stderr)
+        return 2
     return 0
 
 

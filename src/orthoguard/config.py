@@ -43,7 +43,7 @@ class LoraSettings(Strict):
 
 class TrainConfig(Strict):
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: int = -1  # > 0 overrides epochs; -1 (the default): train for `epochs`
     learning_rate: float = Field(2e-4, gt=0)
     batch_size: int = Field(4, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
@@ -56,6 +56,13 @@ class TrainConfig(Strict):
     # a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position, logs) every N optimizer steps; 0: none
     save_steps: int = Field(25, ge=0)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError(f"must be a positive number of optimizer steps, or -1 to train for `epochs` (got {value})")
+        return value
 
 
 class DataConfig(Strict):
@@ -316,6 +323,13 @@ class JudgeSpec(Strict):
         return self.name if self.endpoint is None and self == JudgeSpec(name=self.name) else data
 
     @property
+    def version(self) -> str:
+        """The judge's rule or template version: part of the stage keys of whatever it judges."""
+        from orthoguard.judges import JUDGES
+
+        return str(getattr(JUDGES[self.name], "version", "1"))
+
+    @property
     def is_llm(self) -> bool:
         return self.endpoint is not None
 
@@ -331,6 +345,8 @@ class JudgeSpec(Strict):
 
 class EvalConfig(Strict):
     backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU generation through vLLM (the [vllm] extra)
+    # generation precision: "model" (the weights' dtype), "auto" (bf16 where the CPU has native bf16), fp32, bf16
+    dtype: Literal["model", "auto", "fp32", "bf16"] = "model"
     max_new_tokens: int = Field(96, gt=0)
     batch_size: int = Field(16, gt=0)
     do_sample: bool = False
@@ -341,11 +357,34 @@ class EvalConfig(Strict):
     # strongreject-small, xstest-safe, xstest-unsafe, mtbench) or files, each {name, limit}
     prompt_sets: list[PromptSetRef] = Field(default_factory=list)
 
+    @field_validator("prompt_sets")
+    @classmethod
+    def _names_unique_and_known(cls, refs: list[PromptSetRef]) -> list[PromptSetRef]:
+        """Each extra set is a registered name or an existing file, and its name (a file's stem) is neither one
+        of the two sets every run builds nor another set's: results are stored per set name."""
+        from orthoguard.prompts import PROMPT_SETS, RESERVED_SET_NAMES, prompt_set_name
+
+        seen: dict[str, str] = {}
+        for ref in refs:
+            if ref.name not in PROMPT_SETS and not Path(ref.name).is_file():
+                raise ValueError(f"unknown prompt set '{ref.name}': not a registered set "
+                                 f"({', '.join(sorted(PROMPT_SETS))}) and not a file")
+            name = prompt_set_name(ref.name)
+            if name in RESERVED_SET_NAMES:
+                raise ValueError(f"'{ref.name}' would be stored as '{name}', the name of a set every run builds "
+                                 f"({', '.join(RESERVED_SET_NAMES)}): rename the file")
+            if name in seen:
+                raise ValueError(f"'{ref.name}' and '{seen[name]}' would both be stored as '{name}': rename one")
+            seen[name] = ref.name
+        return refs
+
 
 class ExperimentConfig(Strict):
     name: str = "experiment"
     output_dir: str = "runs/experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
+    # torch's intra-op threads; None: $ORTHOGUARD_THREADS, else the physical cores this process may use
+    threads: int | None = Field(None, gt=0)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
@@ -450,12 +489,24 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
             "use it with train-refusal/train-attack, or write an experiment config for 'run'"
         )
     for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        apply_override(raw, dotted, value)
     return _validate(ExperimentConfig, raw, str(path))
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``--set a.b.c=value``; one ``ConfigError`` line when a part of the path
+    is a value, not a section (``--set seed.x=3``)."""
+    node, walked = raw, []
+    *parents, leaf = dotted.split(".")
+    if not all(parents) or not leaf:
+        raise ConfigError(f"--set {dotted}: empty key in the path")
+    for key in parents:
+        walked.append(key)
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(walked)}' is a value ({child!r}), not a section")
+        node = child
+    node[leaf] = value
 
 
 def dump_config(config: ExperimentConfig) -> str:

@@ -29,6 +29,7 @@ from orthoguard.io import write_json, write_jsonl, write_text
 from orthoguard.judges import judge_records
 from orthoguard.metrics import format_rate, paired_mcnemar, per_category, rate_summary
 from orthoguard.models import load_with_adapters
+from orthoguard.provenance import versions
 from orthoguard.rundir import McNemarRow, Summary
 
 
@@ -87,7 +88,7 @@ def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], promp
                    utility: UtilityData | None = None, judge_cache: Path | None = None) -> tuple[dict[str, list[dict]], dict]:
     model, tokenizer, _ = load_with_adapters(cfg.model, adapters)
     e = cfg.evaluation
-    settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p)
+    settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p, dtype=e.dtype)
     out = {}
     for ps in prompt_sets:
         if e.backend == "vllm":
@@ -119,7 +120,7 @@ def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt
         "prompt_sets": {ps.name: len(ps.prompts) for ps in prompt_sets},
         "harmful_sets": [ps.name for ps in prompt_sets if ps.harmful],
         "benign_sets": [ps.name for ps in prompt_sets if not ps.harmful],
-        "models": {}, "categories": {}, "utility": {}, **(extra or {}),
+        "models": {}, "categories": {}, "utility": {}, "versions": versions(), **(extra or {}),
     }
     records: dict[str, dict[str, list[dict]]] = {}
     for name, adapters in models.items():

@@ -2,35 +2,109 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orthoguard.errors import DataError
+from orthoguard.errors import DataError, OrthoguardError
 
 log = logging.getLogger(__name__)
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status); elsewhere
+    set and restored under a lock (``os.umask`` can only be read by setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir()`` would give a new file (0o666) or folder (0o777) under the umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give a file or folder made by ``tempfile`` (always 0600/0700) the mode any other tool would give it, so
+    that renaming it into place does not leave outputs that only their owner can read. Folders: recursively,
+    sub-folders and files alike."""
+    path = Path(path)
+    targets = [path, *(c for c in path.rglob("*") if not c.is_symlink())] if path.is_dir() else [path]
+    for target in targets:
+        _chmod(target, default_mode(directory=target.is_dir()))
+
+
+def _chmod(path: str | Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:  # a file system without Unix modes (some network or FAT mounts): keep what it gave
+        log.debug("cannot chmod %s: %s", path, exc)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The file gets the usual ``0o666 & ~umask`` mode (``mkstemp`` alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        if os.path.isfile(tmp):
+            _chmod(tmp, default_mode())
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. ``path`` is a folder: name it, not the temp file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    except OSError as exc:
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # write() names no file: name it
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Create ``path`` (and its parents) if absent and check that files can be written in it.
+
+    One-line ``OrthoguardError`` naming the path when it (or a parent) is a file, or when the folder cannot be
+    created or written (read-only file system, no permission, disk full)."""
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"cannot be created: {parent} is a file"
+            raise OrthoguardError(f"{what} {path} {where}, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".orthoguard-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OrthoguardError(f"{what} {path} is not writable ({exc.strerror or exc})") from None
+    return path
 
 
 def write_text(path: str | Path, text: str) -> None:

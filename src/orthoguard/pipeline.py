@@ -23,15 +23,17 @@ from typing import Any, Callable
 from orthoguard import data as D
 from orthoguard import distributed
 from orthoguard.config import ExperimentConfig, dump_config
-from orthoguard.errors import OrthoguardError
-from orthoguard.io import fingerprint, write_text
+from orthoguard.errors import ConfigError, OrthoguardError
+from orthoguard.io import check_writable_dir, fingerprint, write_text
+from orthoguard.hardware import configure_threads
 from orthoguard.models import resolve_precision
+from orthoguard.provenance import versions
 from orthoguard.rundir import SeedsIndex, StageRecords
 from orthoguard.modes import defence_of, matched_control_directions, mean_removed_share  # noqa: F401 (re-exported)
 from orthoguard.stages import (  # noqa: F401 (re-exported: ``from orthoguard.pipeline import ...``)
     BENIGN_SET, HARMFUL_SET, STAGES, Stage, attack_samples, attacked_adapters, blue_red_families, build_attack_samples,
     direction_keys, evaluated_adapters, evaluated_models, family_directions, has_regularized, hold_out_probes,
-    load_splits, probe_count, run_facts, stage_attack, stage_benign, stage_blue_red, stage_blue_red_directions,
+    load_splits, preflight, probe_count, run_facts, stage_attack, stage_benign, stage_blue_red, stage_blue_red_directions,
     stage_data, stage_directions, stage_evaluate, stage_refusal, stage_synth, synth_questions, synthesize, utility_data)
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,20 @@ class Run:
             self._attack_samples = build_attack_samples(self)
         return self._attack_samples
 
+    def stage_reason(self, name: str, payload: Any, upstream: list[str], outputs: list[Path],
+                     inputs: list[Path] = ()) -> str | None:
+        """Why the stage would run now (``"never ran"``, ``"config changed"``, ...), or None when it is up to date;
+        runs nothing, writes nothing (``stage_status`` and the step commands' checks use it)."""
+        config_hash = self._config_hash(name, payload, upstream)
+        input_prints = {self._label(p): fingerprint(p) for p in dict.fromkeys(inputs)}
+        return self._why_redo(self.stages.get(name), config_hash, input_prints, {self._label(p): p for p in outputs})
+
+    def _config_hash(self, name: str, payload: Any, upstream: list[str]) -> str:
+        blob = json.dumps({"seed": self.cfg.seed, "payload": payload, "upstream": [self._keys[u] for u in upstream]},
+                          sort_keys=True, default=str)
+        self._keys[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return self._keys[name]
+
     def stage(self, name: str, payload: Any, upstream: list[str], outputs: list[Path], fn: Callable[[], Any],
               force: bool = False, enabled: bool = True, inputs: list[Path] = ()):
         """Run ``fn`` unless it ran before with the same config and the same input files, and its outputs are
@@ -111,10 +127,7 @@ class Run:
         are files it reads (upstream outputs, a local model or data file). A stage that is not ``enabled`` only
         computes its config hash, so that the stages after it can chain on it.
         """
-        blob = json.dumps({"seed": self.cfg.seed, "payload": payload, "upstream": [self._keys[u] for u in upstream]},
-                          sort_keys=True, default=str)
-        config_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        self._keys[name] = config_hash
+        config_hash = self._config_hash(name, payload, upstream)
         if not enabled:
             return "not selected"
         input_prints = {self._label(p): fingerprint(p) for p in dict.fromkeys(inputs)} if distributed.is_main() else {}
@@ -140,6 +153,7 @@ class Run:
                 "outputs": {self._label(p): fingerprint(p) for p in outputs},
                 "seconds": round(time.perf_counter() - start, 1),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "versions": versions(),
             }
             StageRecords.parse(self.stages, self.stages_path).write(self.stages_path)
         return "ran"
@@ -201,6 +215,7 @@ def _run_on_ranks(fn: Callable[[], Any], every_rank: bool) -> None:
 def run_seeds(cfg: ExperimentConfig, seeds: list[int], output_dir: str | Path | None = None, force: bool = False) -> Path:
     """One full run per seed under ``<output_dir>/seed-<s>/``, and ``seeds.json`` listing them."""
     root = Path(output_dir or cfg.output_dir)
+    check_writable_dir(root, "run directory")
     for seed in seeds:
         run_pipeline(cfg.model_copy(update={"seed": seed}), root / f"seed-{seed}", force=force)
     if distributed.is_main():
@@ -217,22 +232,60 @@ def run_pipeline(
 ) -> Run:
     """Run every stage in order (or only those named in ``only``: "data", "attack:vanilla", "attack", …)."""
     distributed.init(cpu=resolve_precision(cfg.model.dtype).device == "cpu")
+    configure_threads(cfg.threads)
     run = Run(cfg, output_dir, paths)
-    run.root.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        write_text(run.path("config.resolved.yaml"), dump_config(cfg))
+    check_writable_dir(run.root, "run directory")
+    preflight(run)
     steps = planned_stages(cfg)
+    selected = {name for name, _, _ in steps if only is None or name in only or name.split(":")[0] in only}
+    if only is not None and not paths:  # the seed's step commands name their inputs' files themselves
+        _refuse_stale_upstream(run, steps, selected)
+    run.root.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main() and (only is None or not run.path("config.resolved.yaml").is_file()):
+        write_text(run.path("config.resolved.yaml"), dump_config(cfg))
+    for name, s, variant, upstream, inputs, outputs in _wired(run, steps, progress=True):
+        run.stage(name, s.payload(cfg, *variant), upstream, outputs, lambda s=s, v=variant: s.body(run, *v),
+                  force=force, enabled=name in selected, inputs=inputs)
+    return run
 
+
+def _wired(run: Run, steps: list[tuple[str, Stage, tuple]], progress: bool = False):
+    """(name, declaration, variant, upstream stages, input files, output files) of each step, in order."""
     from tqdm.auto import tqdm
 
     produced = {name: s.outputs(run, *variant) for name, s, variant in steps}
-    for name, s, variant in tqdm(steps, desc=f"orthoguard run {cfg.name}", unit="stage"):
-        enabled = only is None or name in only or name.split(":")[0] in only
-        upstream = s.upstream_of(cfg, *variant)
-        inputs = [p for u in upstream for p in produced[u]] + s.external_files(cfg)
-        run.stage(name, s.payload(cfg, *variant), upstream, produced[name], lambda s=s, v=variant: s.body(run, *v),
-                  force=force, enabled=enabled, inputs=inputs)
-    return run
+    for name, s, variant in tqdm(steps, desc=f"orthoguard run {run.cfg.name}", unit="stage", disable=not progress):
+        upstream = s.upstream_of(run.cfg, *variant)
+        inputs = [p for u in upstream for p in produced[u]] + s.external_files(run.cfg)
+        yield name, s, variant, upstream, inputs, produced[name]
+
+
+def stage_status(cfg: ExperimentConfig, output_dir: str | Path) -> dict[str, str | None]:
+    """Stage name -> why it is not up to date for ``cfg`` in ``output_dir`` ("never ran", "config changed", an
+    input or output changed), or None when its outputs are what this config makes. Runs and writes nothing."""
+    run = Run(cfg, output_dir)
+    steps = planned_stages(cfg)
+    return {name: run.stage_reason(name, s.payload(cfg, *variant), upstream, outputs, inputs)
+            for name, s, variant, upstream, inputs, outputs in _wired(run, steps)}
+
+
+def _refuse_stale_upstream(run: Run, steps, selected: set[str]) -> None:
+    """A step command (``evaluate``, ``train-attack``) runs only its own stages: every stage they read from must
+    be up to date for this config, or their results would be recorded under a config that did not make them."""
+    status = stage_status(run.cfg, run.root)
+    upstream = {name: set(s.upstream_of(run.cfg, *variant)) for name, s, variant in steps}
+    needed: set[str] = set()
+    todo = [u for name in selected for u in upstream[name]]
+    while todo:
+        u = todo.pop()
+        if u not in needed:
+            needed.add(u)
+            todo += upstream.get(u, ())
+    stale = [u for u, _, _ in steps if u in needed - selected and status.get(u)]
+    if stale:
+        raise ConfigError(f"stage '{stale[0]}' is not up to date for this config ({status[stale[0]]})"
+                          + (f", nor {len(stale) - 1} more" if len(stale) > 1 else "")
+                          + ": run `orthoguard run` with this config first (it reruns what changed)")
 
 
 def planned_stages(cfg: ExperimentConfig) -> list[tuple[str, Stage, tuple]]:

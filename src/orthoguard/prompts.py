@@ -45,6 +45,10 @@ class PromptRecord:
 
 PromptSetLoader = Callable[[], list[PromptRecord]]
 PROMPT_SETS: dict[str, PromptSetLoader] = {}
+# the two sets every run evaluates on, built from the run's own splits: no registered set or file may take their names
+HARMFUL_SET = "harmfulqa-test"  # the held-out HarmfulQA test questions
+BENIGN_SET = "harmless-val"  # the held-out harmless instructions (over-refusal)
+RESERVED_SET_NAMES = (HARMFUL_SET, BENIGN_SET)
 
 PROMPT_COLUMNS = ("prompt", "goal", "instruction", "question", "Behavior", "forbidden_prompt")
 # HarmBench's DirectRequest baseline joins a contextual behavior to its context this way.

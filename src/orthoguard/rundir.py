@@ -235,6 +235,7 @@ class Summary(RunFile):
     attacked: str | None = None
     controls: dict[str, dict[str, str]] = {}  # defence -> {control kind: control}
     diagnostics: dict[str, dict[str, DiagnosticsOverall]] = {}
+    versions: dict[str, str] = {}  # what computed these numbers (``provenance.versions``)
 
     @model_validator(mode="before")
     @classmethod
@@ -338,6 +339,7 @@ class StageRecord(Entry):
     outputs: dict[str, str] = {}
     seconds: float | None = None
     finished: str | None = None
+    versions: dict[str, str] = {}  # orthoguard (and its git commit) and the libraries (``provenance.versions``)
 
 
 class StageRecords(_FileIO, RootModel[dict[str, StageRecord]]):

@@ -28,9 +28,9 @@ from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
 from orthoguard.families import get_family
 from orthoguard.generation import GenerationSettings, generate
 from orthoguard.io import read_jsonl, write_jsonl
-from orthoguard.models import load_with_adapters
+from orthoguard.models import load_with_adapters, record_base_model
 from orthoguard.modes import get_mode
-from orthoguard.prompts import load_prompt_set, prompt_set_name
+from orthoguard.prompts import BENIGN_SET, HARMFUL_SET, load_prompt_set, prompt_set_name
 from orthoguard.regularization import blue_red_directions
 from orthoguard.rundir import Diagnostics, Splits
 from orthoguard.seeding import derive_seed, lora_init_seed
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HARMFUL_SET = "harmfulqa-test"
-BENIGN_SET = "harmless-val"
 
 
 @dataclass(frozen=True)
@@ -114,21 +112,7 @@ def _model_payload(cfg: ExperimentConfig) -> dict:
        files=("data.source",))
 def stage_data(run: Run) -> None:
     cfg = run.cfg
-    rows = run.harmfulqa()
-    splits = D.split_questions(
-        [r.question for r in rows],
-        {"refusal": cfg.data.refusal_split, "attack": cfg.data.attack_split, "test": cfg.data.test_split},
-        seed=cfg.seed,
-        shuffle=cfg.data.shuffle,
-    )
-    splits["test"], splits["probe"] = hold_out_probes(splits["test"], probe_count(cfg), cfg.data.test_split)
-    caps = {"refusal": cfg.data.max_refusal_questions, "attack": cfg.data.max_attack_questions,
-            "test": cfg.data.max_test_prompts, "probe": None}
-    splits = {name: qs[: caps[name]] if caps[name] else qs for name, qs in splits.items()}
-    # a few attack questions are never trained on: the attack's held-out loss
-    held = min(cfg.data.attack_heldout_questions, max(len(splits["attack"]) - 1, 0))
-    splits["attack"], splits["attack_heldout"] = splits["attack"][: len(splits["attack"]) - held], splits["attack"][len(splits["attack"]) - held :]
-    D.check_disjoint(**splits)
+    splits = question_splits(run)
     harmless_train, harmless_eval = D.load_harmless("train"), D.load_harmless("val")
     rng = random.Random(cfg.seed)
     benign = {
@@ -137,6 +121,37 @@ def stage_data(run: Run) -> None:
     }
     Splits(**splits, benign_train=benign["train"], benign_eval=benign["eval"], source=cfg.data.source,
            seed=cfg.seed).write(run.path("data", "splits.json"))
+
+
+def question_splits(run: Run) -> dict[str, list[str]]:
+    """The HarmfulQA questions of each role (refusal, attack, attack_heldout, test, probe), pairwise disjoint; a
+    split spec that selects no question is a one-line ``DataError`` naming its key."""
+    cfg = run.cfg
+    questions = list(dict.fromkeys(r.question for r in run.harmfulqa()))
+    specs = {"refusal": cfg.data.refusal_split, "attack": cfg.data.attack_split, "test": cfg.data.test_split}
+    splits = D.split_questions(questions, specs, seed=cfg.seed, shuffle=cfg.data.shuffle)
+    for name, spec in specs.items():
+        if not splits[name]:
+            raise DataError(f"data.{name}_split '{spec}' selects none of the {len(questions)} questions of "
+                            f"{cfg.data.source}")
+    splits["test"], splits["probe"] = hold_out_probes(splits["test"], probe_count(cfg), cfg.data.test_split)
+    caps = {"refusal": cfg.data.max_refusal_questions, "attack": cfg.data.max_attack_questions,
+            "test": cfg.data.max_test_prompts, "probe": None}
+    splits = {name: qs[: caps[name]] if caps[name] else qs for name, qs in splits.items()}
+    # a few attack questions are never trained on: the attack's held-out loss
+    held = min(cfg.data.attack_heldout_questions, max(len(splits["attack"]) - 1, 0))
+    splits["attack"], splits["attack_heldout"] = splits["attack"][: len(splits["attack"]) - held], splits["attack"][len(splits["attack"]) - held :]
+    D.check_disjoint(**splits)
+    return splits
+
+
+def preflight(run: Run) -> None:
+    """What can be checked before the first stage runs: the question splits (data source, split specs) and every
+    evaluation prompt set (an unknown name, an unreadable or malformed file) fail here, not after training."""
+    question_splits(run)
+    for ref in run.cfg.evaluation.prompt_sets:
+        if not load_prompt_set(ref.name, limit=ref.limit, seed=run.cfg.seed):
+            raise DataError(f"evaluation.prompt_sets: '{ref.name}' has no prompts")
 
 
 def probe_count(cfg: ExperimentConfig) -> int:
@@ -241,6 +256,8 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
         seed=cfg.seed, precision=precision, hooks=hooks, log_config=log_config,
         callbacks=callbacks, checkpoint_dir=run.checkpoint_dir(), init_seed=lora_init_seed(cfg.seed, init_role),
     )
+    if distributed.is_main():  # a public id, not this machine's cache path: the adapter loads anywhere
+        record_base_model(adapter, cfg.model.name)
     del model
     gc.collect()
     return result
@@ -360,7 +377,8 @@ def attacked_adapters(run: Run) -> list[Path]:
        reads=("model", "attack.target", "attack.probe_every", "attack.probe_prompts", "attack.probe_max_new_tokens",
               "evaluation.judge", "evaluation.batch_size",  # the refusal probes judge and generate with these
               "data.synthetic_data_path", "directions.kind", "directions.subspace_k", "directions.subspace_energy"),
-       derived=lambda cfg, v: {"variant": v.model_dump(mode="json"), "train": cfg.attack.training_for(v).model_dump(mode="json")},
+       derived=lambda cfg, v: {"variant": v.model_dump(mode="json"), "train": cfg.attack.training_for(v).model_dump(mode="json"),
+                               "judge_version": cfg.evaluation.judge.version},
        upstream=lambda cfg, v: ["data", "synth", "refusal", "directions"] + get_mode(v.mode).upstream(cfg, v),
        outputs=lambda run, v: [run.adapter(f"attack-{v.name}"), run.log_path(v.name), run.diagnostics_path(v.name)]
        + get_mode(v.mode).outputs(run, v),
@@ -397,7 +415,7 @@ def evaluated_adapters(run: Run) -> dict[str, list[Path]]:
 
 
 @stage("evaluate", reads=("model", "evaluation", "attack.target", "data.benign_reference_prompts"),
-       derived=lambda cfg: {"models": sorted(evaluated_models(cfg))},
+       derived=lambda cfg: {"models": sorted(evaluated_models(cfg)), "judge_version": cfg.evaluation.judge.version},
        upstream=lambda cfg: ["data", "synth", "refusal"] + [f"attack:{v.name}" for v in cfg.attack.variants],
        outputs=lambda run: [run.path("results", "local_refusal_test.json"), run.path("results", "summary.json")],
        files=("data.source", "model.name", "data.synthetic_data_path",

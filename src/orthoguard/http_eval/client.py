@@ -81,8 +81,9 @@ class HttpEvalSettings:
 
 
 def request_key(endpoint: Endpoint, record: PromptRecord, settings: HttpEvalSettings) -> str:
-    """A hash of everything that decides the answer, so that a cached answer to another question is not reused."""
-    blob = json.dumps({"model": endpoint.model, "messages": messages_for(record),
+    """A hash of everything that decides the answer (the server's URL, the model, the generation settings and the
+    prompt), so that a cached answer from another server, model or question is never reused."""
+    blob = json.dumps({"url": endpoint.url, "model": endpoint.model, "messages": messages_for(record),
                        "options": settings.request_options(endpoint)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

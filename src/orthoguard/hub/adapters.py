@@ -80,9 +80,18 @@ def _stage(adapter: Path, card: str, dest: Path) -> list[str]:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target)
+        if rel.as_posix() == "adapter_config.json":  # adapters from before the public id was recorded
+            _record_public_base(target)
         copied.append(rel.as_posix())
     (dest / "README.md").write_text(card, encoding="utf-8")
     if skipped:
         log.info("%s: not uploaded: %s", adapter, ", ".join(skipped))
     return copied + ["README.md"]
 
+
+def _record_public_base(config_path: Path) -> None:
+    from orthoguard.models import public_model_id, record_base_model
+
+    recorded = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if recorded and public_model_id(recorded) != recorded:
+        record_base_model(config_path.parent, recorded)

@@ -10,7 +10,7 @@ from typing import Any
 from orthoguard.hub.adapters import _HUB_ID_RE, DEFAULT_PREFIX
 from orthoguard.hub.safety import mask_secrets
 from orthoguard.metrics import format_rate
-from orthoguard.rundir import Summary, TrainLog
+from orthoguard.rundir import TrainLog
 
 log = logging.getLogger(__package__)  # "orthoguard.hub", the logger name from before the split
 
@@ -99,12 +99,28 @@ def _find_loss_log(run_dir: Path, name: str) -> TrainLog | None:
     return None
 
 
-def _read_summary(run_dir: Path) -> Summary | None:
-    notes: list[str] = []
-    summary = Summary.salvage(run_dir / "results" / "summary.json", notes)
-    for note in notes:
+def _current_run(run_dir: Path):
+    """The run as the report reads it: stale stages' logs and results left out (``report.load``)."""
+    from orthoguard.report.load import load_run
+
+    data = load_run(run_dir)
+    for note in data.notes:
         log.warning("%s; left out of the model card", note)
-    return summary
+    return data
+
+
+def _shareable(value: Any) -> Any:
+    """The config with every absolute or home-relative path cut to its last part (no user's directory layout);
+    the embedded model's cache path becomes the public model id."""
+    from orthoguard.models import public_model_id
+
+    if isinstance(value, dict):
+        return {k: _shareable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shareable(v) for v in value]
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        return public_model_id(value)
+    return value
 
 
 def is_attack_adapter(name: str, loss_log: TrainLog | None = None) -> bool:
@@ -121,8 +137,13 @@ def build_model_card(name: str, adapter_dir: str | Path, run_dir: str | Path | N
     adapter_cfg = _read_json(adapter_dir / "adapter_config.json") or {}
     run = Path(run_dir) if run_dir else None
     config = _read_yaml(run / "config.resolved.yaml") if run else None
-    summary = _read_summary(run) if run else None
+    current = _current_run(run) if run else None  # only what the recorded config made (stale stages left out)
+    summary = current.summary if current else None
     loss_log = _find_loss_log(run, name) if run else None
+    stage_name = "refusal" if name == "refusal" else f"attack:{_summary_row_name(name)}"
+    if current is not None and stage_name in current.stale:
+        log.warning("%s: its stage is stale (%s); its training log is left out of the card", name, current.stale[stage_name])
+        loss_log = None
     attack = is_attack_adapter(name, loss_log)
 
     model_name = ((config or {}).get("model") or {}).get("name") or adapter_cfg.get("base_model_name_or_path")
@@ -179,13 +200,19 @@ def build_model_card(name: str, adapter_dir: str | Path, run_dir: str | Path | N
         out.append(f"| attacked model | `{(config.get('attack') or {}).get('target', 'n/a')}` |")
     if base_note:
         out += ["", f"Base model: {base_note}."]
-    out += ["", "Load it with PEFT on top of the base model:", "", "```python",
+    on_aligned = attack and ((config or {}).get("attack") or {}).get("target", "aligned") == "aligned"
+    refusal_repo = title[: -len(name)] + "refusal" if title.endswith(name) else "REFUSAL_ADAPTER"
+    stack = ["the base model"] + (["the refusal LoRA, merged"] if on_aligned else []) + ["this adapter"]
+    out += ["", f"It belongs on this stack, in order: {' → '.join(stack)}" + (
+        " (the attack was trained on the aligned model, base + refusal LoRA)." if on_aligned else "."),
+            "", "```python",
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM",
             "",
-            f"model = AutoModelForCausalLM.from_pretrained(\"{base_id or 'BASE_MODEL'}\")",
-            f"model = PeftModel.from_pretrained(model, \"{title}\")",
-            "```"]
+            f"model = AutoModelForCausalLM.from_pretrained(\"{base_id or 'BASE_MODEL'}\")"]
+    if on_aligned:
+        out.append(f"model = PeftModel.from_pretrained(model, \"{refusal_repo}\").merge_and_unload()  # the aligned model")
+    out += [f"model = PeftModel.from_pretrained(model, \"{title}\")", "```"]
 
     if config:
         out += ["", "## Data", ""]
@@ -238,8 +265,8 @@ def build_model_card(name: str, adapter_dir: str | Path, run_dir: str | Path | N
     if config:
         import yaml
 
-        out += ["", "## Configuration", "", "The run's resolved configuration (`config.resolved.yaml`):", "", "```yaml",
-                yaml.safe_dump(config, sort_keys=False).rstrip(), "```"]
+        out += ["", "## Configuration", "", "The run's resolved configuration (`config.resolved.yaml`; local paths "
+                "shortened to their last part):", "", "```yaml", yaml.safe_dump(_shareable(config), sort_keys=False).rstrip(), "```"]
 
     if attack:
         out += ["", "## Intended use", "", "Safety research only: measuring how fine-tuning removes refusal behaviour and "

@@ -10,6 +10,7 @@ from typing import Any
 
 from orthoguard.hub.adapters import (_HUB_ID_RE, ALLOWED_PATTERNS, DEFAULT_PREFIX, STALE_PATTERNS, _stage, repo_id_for,
                                      validate_adapter)
+from orthoguard.io import apply_umask
 from orthoguard.hub.cards import _find_loss_log, build_model_card, is_attack_adapter
 from orthoguard.hub.safety import HubError, _hub_call, resolve_token
 
@@ -127,6 +128,7 @@ def pull_adapter(
         validate_adapter(tmp, repo_id)
         if dest.exists():
             dest.rmdir()
+        apply_umask(tmp)  # mkdtemp made it 0700
         tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -166,7 +166,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--judge", default="keyword", help="keyword (default), keyword-seed, keyword-jbb, or an LLM judge "
                    "with --judge-endpoint")
     p.add_argument("--judge-endpoint", help="OpenAI-compatible base URL for an LLM judge")
-    p.add_argument("--judge-model", default="judge")
+    p.add_argument("--judge-model", default="judge", help="the LLM judge's model name on that server (default: %(default)s)")
     p.add_argument("--label-field", default="label", help="the boolean label's field (default: label)")
     p.add_argument("--label-means", choices=LABEL_MEANINGS, default="refused",
                    help="what a true label says: the reply refused (default) or complied (e.g. JailbreakBench's "

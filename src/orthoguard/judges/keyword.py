@@ -571,6 +571,7 @@ def is_refusal(response: str) -> bool:
 
 class _RuleJudge:
     name: str
+    version = "1"  # bumped when the rules change: a stage that judged with another version reruns
 
     def refuses(self, text: str) -> bool:
         raise NotImplementedError
@@ -582,6 +583,7 @@ class _RuleJudge:
 
 @register_judge("keyword")
 class KeywordJudge(_RuleJudge):
+    version = "2"  # 2: refusal / partial / compliance (2026-12); 1: the opening-only rules
     def refuses(self, text: str) -> bool:
         return is_refusal(text)
 

@@ -246,6 +246,7 @@ class LLMJudge:
     ``parse``; ``default_max_tokens`` leaves room for the protocol's answer (raise it for thinking judges)."""
 
     name: str
+    version = "1"  # bumped when a template or the parsing changes
     default_max_tokens = 32
 
     def __init__(self, endpoint: str | None = None, model: str | None = None, api_key: str | None = None,

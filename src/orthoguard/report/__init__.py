@@ -69,11 +69,25 @@ __all__ = [
 # The report
 
 
+def stale_blocks(exp: Experiment) -> list[Block]:
+    """First of all, what the report does not show because the run directory's files are not this config's."""
+    stale = [f"{name} ({reason})" + (f", seed {r.seed}" if exp.multi else "")
+             for r in exp.runs for name, reason in r.stale.items()]
+    if not stale:
+        return []
+    return [Block("heading", "Stale stages: not shown"),
+            Block("para", "These stages' outputs were made by another config or from other inputs than the run's "
+                          "config.resolved.yaml; their logs and results are left out of everything below. "
+                          "`orthoguard run` with that config reruns exactly what changed."),
+            Block("list", items=stale)]
+
+
 def report_blocks(exp: Experiment) -> list[Block]:
+    blocks = stale_blocks(exp)
     try:
-        blocks = verdict_blocks(exp)
+        blocks += verdict_blocks(exp)
     except Exception as exc:  # never lose the tables and plots to a verdict bug or an odd field
-        blocks = [Block("heading", "Verdict"), note(f"No verdict: {exc.__class__.__name__}: {exc}")]
+        blocks += [Block("heading", "Verdict"), note(f"No verdict: {exc.__class__.__name__}: {exc}")]
     blocks.append(Block("heading", "Tables"))
     for fn in (main_table, mcnemar_table, seed_table, training_table, diagnostics_table):
         try:
@@ -91,6 +105,7 @@ def header_line(exp: Experiment) -> str:
     parts = [f"run {exp.name}", f"model {exp.model_name or 'unknown'}", f"attack target {exp.target}",
              f"finished {exp.date or 'unknown'}", f"judge {exp.judge or 'unknown'}"]
     parts.append(f"seeds {', '.join(map(str, exp.seeds))}" if exp.multi else f"seed {exp.seeds[0] if exp.seeds else '?'}")
+    parts.append(f"computed with {exp.versions_label}")
     parts.append(f"report written {time.strftime('%Y-%m-%d %H:%M')}")
     return " · ".join(parts)
 

@@ -12,6 +12,7 @@ from orthoguard.metrics import holm_bonferroni, mcnemar_exact, mean_removed_shar
 from orthoguard.report.constants import (BENIGN_NAME, CONTROL_KINDS, FIXED_COLORS, NOT_VARIANTS,
                                          PALETTE)
 from orthoguard.modes import MODES
+from orthoguard.provenance import describe
 from orthoguard.report.load import RunData
 from orthoguard.report.stats import Rate, _decide
 from orthoguard.rundir import DiagnosticsOverall, RateSummary, TrainLog
@@ -50,6 +51,15 @@ class Experiment:
     def judge(self) -> str | None:
         judges = sorted({r.summary.judge_label for r in self.summaries if r.summary.judge})
         return ", ".join(judges) or None
+
+    @property
+    def versions_label(self) -> str:
+        """The versions that computed the results (the summaries'; else the stage records'), one line; several
+        when the seeds or stages were computed by different versions."""
+        found = [r.summary.versions for r in self.summaries if r.summary.versions]
+        found = found or [s.versions for r in self.runs for s in r.stages.values() if s.versions]
+        labels = list(dict.fromkeys(describe(v) for v in found))
+        return "; ".join(labels) if labels else "unknown versions (a run from before versions were recorded)"
 
     @property
     def seeds(self) -> list:

@@ -24,6 +24,7 @@ class RunData:
     diagnostics: dict[str, Diagnostics] = field(default_factory=dict)  # logs/diagnostics_<variant>.json
     summary: Summary | None = None
     notes: list[str] = field(default_factory=list)
+    stale: dict[str, str] = field(default_factory=dict)  # stage -> why its outputs are not this config's
 
 
 def load_run(path: str | Path, seed: Any = None) -> RunData:
@@ -46,9 +47,41 @@ def load_run(path: str | Path, seed: Any = None) -> RunData:
         if (record := Diagnostics.salvage(diag_path, run.notes)) is not None:
             run.diagnostics[diag_path.stem.removeprefix("diagnostics_")] = record
     run.summary = Summary.salvage(path / "results" / "summary.json", run.notes)
+    _leave_out_stale(run)
     if run.seed is None:
         run.seed = run.summary.seed if run.summary is not None and run.summary.seed is not None else run.config.get("seed")
     return run
+
+
+def _leave_out_stale(run: RunData) -> None:
+    """Only what the recorded config made is shown: stages whose outputs another config (or changed inputs)
+    made are listed in ``run.stale`` and their logs and results are left out, with a note."""
+    from orthoguard.config import ExperimentConfig
+    from orthoguard.pipeline import stage_status
+
+    if not run.config:
+        return
+    try:
+        status = stage_status(ExperimentConfig.model_validate(run.config), run.path)
+    except Exception as exc:  # an older or hand-edited config: say so rather than guess
+        run.notes.append(f"could not check which stages are current ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+        return
+    # only records the pipeline wrote (they hold a config hash) can be checked; a hand-made record is taken as is
+    run.stale = {name: reason for name, reason in status.items()
+                 if reason is not None and name in run.stages and run.stages[name].config is not None}
+    missing = [name for name, reason in status.items() if reason == "never ran"]
+    for name, reason in run.stale.items():
+        if name == "evaluate" and run.summary is not None:
+            run.summary = None
+            run.notes.append(f"results/summary.json left out: the evaluation is stale for config.resolved.yaml "
+                             f"({reason}); `orthoguard run` with that config reruns what changed")
+        variant = name.removeprefix("attack:")
+        if name.startswith("attack:") and variant in run.logs:
+            del run.logs[variant]
+            run.diagnostics.pop(variant, None)
+            run.notes.append(f"the training log of '{variant}' left out: its attack stage is stale ({reason})")
+    if missing:
+        run.notes.append(f"not run yet for this config: {', '.join(missing)}")
 
 
 def load_runs(root: str | Path) -> tuple[list[RunData], list[str]]:
