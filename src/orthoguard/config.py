@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orthoguard.errors import ConfigError
+from orthoguard.judges.spec import JudgeSpec  # noqa: F401  (a config section; importable from here)
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -284,65 +284,6 @@ class PromptSetRef(Strict):
     limit: int | None = Field(None, gt=0)
 
 
-class JudgeSpec(Strict):
-    """A judge by name; an LLM judge also names its OpenAI-compatible endpoint and model. The API key comes from
-    ``$ORTHOGUARD_JUDGE_API_KEY`` (never from the config, so it is never saved with the run)."""
-
-    name: str = "keyword"
-    endpoint: str | None = None
-    model: str | None = None
-    max_tokens: int | None = Field(None, gt=0)
-    temperature: float = Field(0.0, ge=0)
-    timeout: float = Field(60.0, gt=0)
-    max_retries: int = Field(3, ge=0)
-    concurrency: int = Field(8, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, data: Any) -> Any:
-        return {"name": data} if isinstance(data, str) else data
-
-    @model_validator(mode="after")
-    def _known_and_complete(self) -> JudgeSpec:
-        from orthoguard.judges import JUDGES
-        from orthoguard.judges.llm import LLMJudge
-
-        if self.name not in JUDGES:
-            raise ValueError(f"unknown judge {self.name!r} (known: {', '.join(sorted(JUDGES))})")
-        llm = issubclass(JUDGES[self.name], LLMJudge)
-        if llm and not (self.endpoint and self.model):
-            raise ValueError(f"judge {self.name!r} is an LLM judge: give its endpoint and model")
-        if not llm and (self.endpoint or self.model):
-            raise ValueError(f"judge {self.name!r} runs locally: endpoint and model are for LLM judges")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _as_name_when_local(self, handler):
-        """A local judge with default settings is written as its name (``judge: keyword``), as before the spec."""
-        data = handler(self)
-        return self.name if self.endpoint is None and self == JudgeSpec(name=self.name) else data
-
-    @property
-    def version(self) -> str:
-        """The judge's rule or template version: part of the stage keys of whatever it judges."""
-        from orthoguard.judges import JUDGES
-
-        return str(getattr(JUDGES[self.name], "version", "1"))
-
-    @property
-    def is_llm(self) -> bool:
-        return self.endpoint is not None
-
-    def build(self):
-        """The judge this spec names (an LLM judge with its endpoint, model and settings)."""
-        from orthoguard.judges import get_judge
-
-        if self.endpoint is None:
-            return get_judge(self.name)
-        return get_judge(self.name, endpoint=self.endpoint, model=self.model, timeout=self.timeout,
-                         max_retries=self.max_retries, max_tokens=self.max_tokens, temperature=self.temperature)
-
-
 class EvalConfig(Strict):
     backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU generation through vLLM (the [vllm] extra)
     # generation precision: "model" (the weights' dtype), "auto" (bf16 where the CPU has native bf16), fp32, bf16
@@ -418,43 +359,6 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 # Seed compatibility: the original repository's per-step JSON keys.
 
-SEED_TRAIN_KEYS = {
-    "num_epochs": "epochs",
-    "learning_rate": "learning_rate",
-    "batch_size": "batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps",
-    "max_length": "max_length",
-    "warmup_ratio": "warmup_ratio",
-    "weight_decay": "weight_decay",
-    "log_every": "log_every",
-    "max_steps": "max_steps",
-    "gradient_checkpointing": "gradient_checkpointing",
-    "save_steps": "save_steps",
-}
-SEED_LORA_KEYS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
-# keys the seed has that describe paths of its own layout; accepted and used by the single-step commands
-SEED_PATH_KEYS = {"output_dir", "refusal_directions_path", "synthetic_data_path", "split", "dataset_name", "mode", "base_model_name"}
-
-
-def is_seed_config(raw: dict[str, Any]) -> bool:
-    return "base_model_name" in raw or "num_epochs" in raw or "lora_r" in raw
-
-
-def seed_train_config(raw: dict[str, Any], source: str = "<seed config>") -> TrainConfig:
-    """Map a seed step config's hyperparameters onto :class:`TrainConfig` (unknown keys are an error)."""
-    known = set(SEED_TRAIN_KEYS) | set(SEED_LORA_KEYS) | SEED_PATH_KEYS
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{source}: unknown seed config key '{unknown[0]}' (known: {', '.join(sorted(known))})")
-    train = {ours: raw[theirs] for theirs, ours in SEED_TRAIN_KEYS.items() if theirs in raw}
-    lora = {ours: raw[theirs] for theirs, ours in SEED_LORA_KEYS.items() if theirs in raw}
-    return _validate(TrainConfig, {**train, "lora": lora}, source)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loading
-
-
 def read_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -511,3 +415,7 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 def dump_config(config: ExperimentConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+from orthoguard.seed_config import (  # noqa: E402,F401  (the seed's step configs; importable from here as before)
+    SEED_LORA_KEYS, SEED_PATH_KEYS, SEED_TRAIN_KEYS, is_seed_config, seed_train_config)

@@ -441,11 +441,9 @@ def utility_data(run: Run) -> UtilityData:
 
 def run_facts(run: Run) -> dict:
     """What the report needs beside the rates: the attacked model, random controls, weight-space diagnostics."""
-    cfg = run.cfg
-    controls = cfg.attack.controls_of(cfg.directions.kind)
-    diagnostics = {}
+    cfg, diagnostics = run.cfg, {}
     for v in cfg.attack.variants:
-        found = Diagnostics.read(run.diagnostics_path(v.name)) if run.diagnostics_path(v.name).is_file() else None
-        if found is not None and found.overall is not None:
-            diagnostics[v.name] = {"overall": found.overall.model_dump(mode="json", exclude_none=True)}
-    return {"attacked": cfg.attack.target, "controls": controls, "diagnostics": diagnostics}
+        overall = Diagnostics.read(run.diagnostics_path(v.name)).overall if run.diagnostics_path(v.name).is_file() else None
+        if overall is not None:
+            diagnostics[v.name] = {"overall": overall.model_dump(mode="json", exclude_none=True)}
+    return {"attacked": cfg.attack.target, "controls": cfg.attack.controls_of(cfg.directions.kind), "diagnostics": diagnostics}
