@@ -57,14 +57,14 @@ def test_reserved_and_duplicate_prompt_set_names(tmp_path):
 
 def test_a_bad_prompt_file_and_an_empty_split_fail_before_any_stage(tmp_path, tiny_model_dir, capsys):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "no prompt column"}\n')
+    bad.write_text('{"text": "no prompt column"}\n')
     model = {"name": str(tiny_model_dir), "dtype": "fp32"}
     path = _write(tmp_path, {"model": model, "evaluation": {"prompt_sets": [{"name": str(bad)}]}})
     assert main(["run", str(path)]) == 2
     assert "bad.jsonl: no prompt column" in capsys.readouterr().err
     assert not (tmp_path / "run" / "stages.json").exists() and not (tmp_path / "run" / "data").exists()
 
-    path = _write(tmp_path, {"model": model, "data": {"attack_split": "0:0"}})
+    path = _write(tmp_path, {"model": model, "data": {"attack_split": "train[5:5]"}})
     assert main(["run", str(path)]) == 2
-    assert "data.attack_split '0:0' selects none of the" in capsys.readouterr().err
+    assert "data.attack_split 'train[5:5]' selects none of the" in capsys.readouterr().err
     assert not (tmp_path / "run" / "stages.json").exists()
