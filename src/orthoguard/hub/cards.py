@@ -139,11 +139,8 @@ def build_model_card(name: str, adapter_dir: str | Path, run_dir: str | Path | N
     config = _read_yaml(run / "config.resolved.yaml") if run else None
     current = _current_run(run) if run else None  # only what the recorded config made (stale stages left out)
     summary = current.summary if current else None
-    loss_log = _find_loss_log(run, name) if run else None
-    stage_name = "refusal" if name == "refusal" else f"attack:{_summary_row_name(name)}"
-    if current is not None and stage_name in current.stale:
-        log.warning("%s: its stage is stale (%s); its training log is left out of the card", name, current.stale[stage_name])
-        loss_log = None
+    # the run's logs as loaded above (a stale stage's log is already left out, with a note)
+    loss_log = next((current.logs[n] for n in (name, _summary_row_name(name)) if n in current.logs), None) if current else None
     attack = is_attack_adapter(name, loss_log)
 
     model_name = ((config or {}).get("model") or {}).get("name") or adapter_cfg.get("base_model_name_or_path")
