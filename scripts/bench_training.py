@@ -80,36 +80,64 @@ def seed_loop(model_cfg, settings: LoraSettings, dataset, tokenizer, batch_size:
     start = time.perf_counter()
     for s in range(0, len(dataset), batch_size):
         rows = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-        ids = torch.full((len(rows), SEED_LENGTH), pad)
-        mask = torch.zeros((len(rows), SEED_LENGTH), dtype=torch.long)
-        labels = torch.full((len(rows), SEED_LENGTH), -100)
-        for j, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[j, :n], mask[j, :n], labels[j, :n] = torch.tensor(r["input_ids"]), 1, torch.tensor(r["labels"])
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        batch = padded_to_seed_length(rows, pad)
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
-        real += int(mask.sum())
-        positions += mask.numel()
+        real += int(batch["attention_mask"].sum())
+        positions += batch["attention_mask"].numel()
     seconds = time.perf_counter() - start
     del model, optim
     return seconds, real, positions
 
 
+def padded_to_seed_length(rows, pad: int):
+    ids = torch.full((len(rows), SEED_LENGTH), pad)
+    mask = torch.zeros((len(rows), SEED_LENGTH), dtype=torch.long)
+    labels = torch.full((len(rows), SEED_LENGTH), -100)
+    for j, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[j, :n], mask[j, :n], labels[j, :n] = torch.tensor(r["input_ids"]), 1, torch.tensor(r["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def loss_identity(model_cfg, settings: LoraSettings, dataset, tokenizer, batch_size: int) -> float:
+    """Largest |loss difference| over the batches between the seed's input (padded to 448, LM head everywhere) and
+    orthoguard's (dynamic padding, LM head on label positions only), same fp32 model with a non-zero LoRA."""
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(model_cfg, resolve_precision("fp32")), lora_config(settings))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    tokenizer.padding_side = "right"
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    worst = 0.0
+    with torch.no_grad():
+        for s in range(0, len(dataset), batch_size):
+            rows = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
+            seed_loss = model(**padded_to_seed_length(rows, tokenizer.pad_token_id)).loss
+            ours = model(**T.label_positions_only(model, dict(collate(rows)))).loss
+            worst = max(worst, abs(float(seed_loss) - float(ours)))
+    return worst
+
+
 def orthoguard_run(model_cfg, tokenizer, dataset, cfg: TrainConfig, dtype: str, arguments_patch=None,
-                   packed: bool = False, label_logits: bool = False) -> float:
+                   packed: bool = False, full_logits: bool = False) -> float:
     """Seconds of ``train_lora``'s ``trainer.train()`` over one pass of ``dataset``.
 
     ``arguments_patch`` edits the ``TrainingArguments`` that training.py builds; ``packed`` swaps its collator for
     transformers' padding-free ``DataCollatorWithFlattening`` (sequences concatenated, position ids restart at each,
-    labels separated by -100; SDPA attends within each sequence only); ``label_logits`` swaps in
-    ``label_logits_loss``. All three are proposals for training.py, measured here."""
+    labels separated by -100; SDPA attends within each sequence only); ``full_logits`` turns off training.py's
+    LM head on label positions only (``label_positions_only``), to measure what it gives."""
     original, collator = T.training_arguments, T.DataCollatorForSeq2Seq
-    had_loss = "compute_loss" in T.OrthoguardTrainer.__dict__
-    if label_logits:
-        T.OrthoguardTrainer.compute_loss = label_logits_loss
+    own_loss = T.OrthoguardTrainer.compute_loss
+    if full_logits:
+        T.OrthoguardTrainer.compute_loss = T.Trainer.compute_loss
     if arguments_patch is not None:
         T.training_arguments = lambda *a, **k: arguments_patch(original(*a, **k))
     if packed:
@@ -124,25 +152,7 @@ def orthoguard_run(model_cfg, tokenizer, dataset, cfg: TrainConfig, dtype: str, 
         return result.seconds
     finally:
         T.training_arguments, T.DataCollatorForSeq2Seq = original, collator
-        if label_logits and not had_loss:
-            del T.OrthoguardTrainer.compute_loss
-
-
-def label_logits_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-    """A ``compute_loss`` that runs the LM head only where the next token is a label (the completion), not over
-    the masked prompt positions: the same loss and gradients, fewer FLOPs and a much smaller logits tensor."""
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    shifted = labels[:, 1:]
-    keep = (shifted != -100).any(0).nonzero().squeeze(1)
-    outputs = model(**inputs, logits_to_keep=keep)
-    logits = outputs.logits.float()
-    target = shifted[:, keep]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-    n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
-    loss = loss / n.to(loss.device) if torch.is_tensor(n) else loss / n
-    return (loss, outputs) if return_outputs else loss
+        T.OrthoguardTrainer.compute_loss = own_loss
 
 
 def group_by_length(args):
@@ -178,9 +188,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-projection", action="store_true")
     parser.add_argument("--projection-steps", type=int, default=2)
-    parser.add_argument("--variants", default="fp32,bf16,bf16+grouped,bf16+packed,bf16+packed+label-logits",
-                        help="orthoguard runs, comma-separated: fp32 or bf16, +grouped (length-grouped batches), "
-                             "+packed (padding-free batches), +label-logits (LM head on label positions only)")
+    parser.add_argument("--variants", default="fp32,fp32+full-logits,bf16,bf16+full-logits,bf16+grouped,bf16+packed",
+                        help="orthoguard runs, comma-separated: fp32 or bf16 (autocast), +full-logits (the LM head on "
+                             "every position, as before), +grouped (length-grouped batches), +packed (padding-free batches)")
     parser.add_argument("--projection-only", action="store_true")
     args = parser.parse_args()
     threads = configure_threads(args.threads)
@@ -216,8 +226,10 @@ def main() -> None:
         patch = group_by_length if "+grouped" in variant else None
         results[f"orthoguard train_lora {variant}"] = orthoguard_run(model_cfg, tokenizer, dataset, cfg, dtype, patch,
                                                                      packed="+packed" in variant,
-                                                                     label_logits="+label-logits" in variant)
+                                                                     full_logits="+full-logits" in variant)
 
+    print(f"fp32 loss, the seed's batches vs orthoguard's (dynamic padding, label-position logits): largest "
+          f"difference over {-(-len(dataset) // args.batch)} batches {loss_identity(model_cfg, settings, dataset, tokenizer, args.batch):.2e}")
     last, _, _ = seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate)
     print(f"seed loop: {first:.1f} s first, {last:.1f} s last; load average at the end {os.getloadavg()[0]:.1f}")
     results = {"seed loop (pad to 448, fp32), mean": (first + last) / 2, **results}

@@ -101,3 +101,38 @@ def test_refusal_probes_do_not_change_training(tmp_path, smollm_tokenizer):
     assert [r["step"] for r in probe.records] == [0, 1, 2, 3, 4]
     for key, tensor in adapters["plain"].items():
         assert torch.equal(adapters["probed"][key], tensor), key
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_the_lm_head_on_label_positions_only_gives_the_same_loss_and_gradients(smollm_tokenizer, arch):
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq
+
+    from orthoguard.models import lora_config
+    from orthoguard.training import label_positions_only
+
+    vocab = len(smollm_tokenizer)
+    rows = list(random_sft_dataset(vocab, n=4, length=14))
+    rows[1]["labels"][:9] = [-100] * 9  # rows differ in where their completion starts
+    smollm_tokenizer.padding_side = "right"
+    batch = dict(DataCollatorForSeq2Seq(smollm_tokenizer, padding=True, label_pad_token_id=-100)(rows))
+
+    def loss_and_grads(transform):
+        model = get_peft_model(build_tiny_model(arch, vocab, seed=3), lora_config(LoraSettings(r=4, alpha=8, dropout=0.0)))
+        torch.manual_seed(7)
+        for name, p in model.named_parameters():  # B = 0 at init would leave A's gradient zero
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+        model.train()
+        inputs = transform(model, batch)
+        loss = model(**inputs, num_items_in_batch=(batch["labels"][:, 1:] != -100).sum()).loss
+        loss.backward()
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, inputs
+
+    full, full_grads, _ = loss_and_grads(lambda m, b: b)
+    kept, kept_grads, inputs = loss_and_grads(label_positions_only)
+    assert inputs["logits_to_keep"].numel() < batch["input_ids"].shape[1] - 1  # the prompt positions were left out
+    torch.testing.assert_close(kept, full, rtol=1e-6, atol=1e-6)
+    assert full_grads.keys() == kept_grads.keys() and full_grads
+    for name in full_grads:
+        torch.testing.assert_close(kept_grads[name], full_grads[name], rtol=1e-5, atol=1e-7)

@@ -260,9 +260,13 @@ def resolve_precision(dtype: str, device: str | None = None) -> Precision:
     if device == "cpu":
         if dtype == "fp16":
             raise ConfigError("model.dtype: fp16 needs a GPU; use bf16 or fp32 on CPU")
-        # CPU keeps fp32 weights. bf16 autocast only if asked: it helps on CPUs with native bf16 (AMX,
-        # AVX512-BF16) and was 2-3x slower than fp32 on a 2-core machine without AVX-512.
-        return Precision(torch.float32, torch.bfloat16 if dtype == "bf16" else None, device)
+        # CPU keeps fp32 weights. bf16 autocast when asked, or by default (auto) where the CPU computes bf16
+        # natively (AVX512-BF16, AMX: 2.7-4.6x the fp32 step in scripts/bench_training.py); without it bf16 was
+        # 2-3x slower than fp32 on a 2-core machine without AVX-512, so auto keeps fp32 there.
+        from orthoguard.hardware import prefers_bf16
+
+        bf16 = dtype == "bf16" or (dtype == "auto" and prefers_bf16())
+        return Precision(torch.float32, torch.bfloat16 if bf16 else None, device)
     if dtype == "fp32":
         return Precision(torch.float32, None, device)
     if dtype == "fp16":

@@ -14,6 +14,7 @@ gradient; only the main process writes.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 import tempfile
@@ -211,8 +212,38 @@ def warmup_linear_lambda(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def label_positions_only(model, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The same batch, asking the model for logits only where the next token is a label.
+
+    In supervised fine-tuning on completions most positions are the masked prompt, yet the LM head (for SmolLM2 a
+    576 x 49,152 matmul, about a fifth of a token's FLOPs) and the fp32 logits tensor cover every position. Passing
+    ``logits_to_keep`` (the positions whose next token is a label in some row) and the matching ``shift_labels``
+    gives the model's own loss with the same value and gradients. Models whose forward takes no ``logits_to_keep``
+    get the batch unchanged."""
+    labels = inputs.get("labels")
+    if labels is None or "shift_labels" in inputs or not _accepts_logits_to_keep(model):
+        return inputs
+    following = labels[:, 1:]
+    keep = (following != -100).any(0).nonzero().squeeze(1)
+    return {**inputs, "logits_to_keep": keep, "shift_labels": following[:, keep]}
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    base = model
+    while hasattr(base, "module") and not hasattr(base, "get_base_model"):  # DDP and similar wrappers
+        base = base.module
+    if hasattr(base, "get_base_model"):  # PEFT
+        base = base.get_base_model()
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 class OrthoguardTrainer(Trainer):
-    """The HF Trainer with a warm-up that never produces a zero-learning-rate step."""
+    """The HF Trainer with a warm-up that never produces a zero-learning-rate step, and an LM head that runs only
+    on label positions (``label_positions_only``)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = label_positions_only(model, inputs) if model.training else inputs
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
