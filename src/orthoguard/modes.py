@@ -3,6 +3,8 @@
     vanilla      nothing: the undefended attack the defences are compared with
     orthogonal   a projection of every optimizer step away from the refusal directions (or a random control's)
     regularized  a penalty on movement along the blue - red directions, added to the loss
+    safelora     SafeLoRA (Hsu et al. 2024), post hoc: B <- C B in the least similar modules  (defences/safelora.py)
+    asft         AsFT (Yang et al. 2026): a penalty on the update off the alignment direction   (defences/asft.py)
 
 A mode is an :class:`AttackMode` registered with :func:`register_mode`; the config accepts the registered names
 (``attack.variants[].mode``), the pipeline asks the variant's mode for its training hooks, the direction files it
@@ -26,6 +28,7 @@ class AttackMode:
     role: str = "defence"  # "undefended": the attack the defences are compared with; "defence": a defended attack
     blue_red: bool = False  # needs the blue and red LoRAs and their difference (the blue-red stages)
     has_controls: bool = False  # its variants can be random controls (random: same_rank | matched) of each other
+    fields: tuple[str, ...] = ()  # variant settings (default None) that only this mode reads; others must leave them unset
 
     def check(self, variant: AttackVariant) -> None:
         """Raise ``ValueError`` (one line, naming the variant) for settings this mode cannot train with."""
@@ -70,6 +73,16 @@ def get_mode(name: str) -> AttackMode:
     if name not in MODES:
         raise DataError(f"unknown attack mode '{name}' (known: {', '.join(MODES)})")
     return MODES[name]
+
+
+def check_variant(variant: AttackVariant) -> None:
+    """The variant's mode checks its settings; a setting only another mode reads (``AttackMode.fields``) is an error."""
+    mode = get_mode(variant.mode)
+    mode.check(variant)
+    for other in MODES.values():
+        stray = [f for f in other.fields if f not in mode.fields and getattr(variant, f, None) is not None]
+        if other is not mode and stray:
+            raise ValueError(f"variant '{variant.name}': {', '.join(stray)} is a setting of mode {other.name}, not {mode.name}")
 
 
 class Vanilla(AttackMode):
@@ -173,3 +186,8 @@ def matched_control_directions(run: Any, control: AttackVariant) -> dict:
         save_directions(run.directions_path(control.directions_key(run.cfg.directions.kind)), directions,
                         {"family": "matched", "controls": defence.name, "base_model": run.cfg.model.name})
     return directions
+
+
+# The defences from the literature, one module each under defences/, register themselves (after the registry exists).
+from orthoguard.defences import safelora  # noqa: E402,F401
+from orthoguard.defences import asft  # noqa: E402,F401
