@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from orthoguard.errors import ConfigError
 from orthoguard.judges.spec import JudgeSpec  # noqa: F401  (a config section; importable from here)
@@ -29,7 +30,8 @@ class ModelConfig(Strict):
     # hub id, local directory, or the embedded alias "smollm2-135m-instruct"
     name: str = "smollm2-135m-instruct"
     revision: str | None = None
-    # auto: bf16 on GPU, fp32 on CPU; bf16 on CPU = fp32 weights with bf16 autocast in training
+    # auto: bf16 on GPU; on CPU fp32 weights, with bf16 autocast in training where the CPU has native bf16
+    # (avx512_bf16 / amx_bf16 in /proc/cpuinfo), else fp32. bf16 on CPU: autocast asked for; fp32: never
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     trust_remote_code: bool = False
 
@@ -142,9 +144,12 @@ RandomKind = Literal["same_rank", "matched"]
 RANDOM_KINDS: tuple[str, ...] = ("same_rank", "matched")
 
 
+_OPTIONAL_VARIANT_KEYS = ("safelora_threshold", "safelora_layers", "harmful_ratio")
+
+
 class AttackVariant(Strict):
     name: str
-    mode: Annotated[str, AfterValidator(known_mode)] = "vanilla"  # vanilla, orthogonal, regularized (orthoguard.modes)
+    mode: Annotated[str, AfterValidator(known_mode)] = "vanilla"  # vanilla, orthogonal, regularized, safelora, asft (orthoguard.modes)
     directions: FamilyName | None = None  # orthogonal/regularized: the family (default: directions.kind)
     # orthogonal: a random control of the defence it `controls`. same_rank: random directions with the family's keys,
     # shapes and ranks; matched: random subspaces sized to remove the same share of the update norm as that defence
@@ -152,9 +157,21 @@ class AttackVariant(Strict):
     random: RandomKind | None = None
     controls: str | None = None  # the defence a random control controls (default: the orthogonal variant of its family and `at`)
     at: Literal["gradient", "update"] = "update"  # orthogonal: where the projection is enforced (seed: gradient)
-    reg_lambda: float = Field(1.0, ge=0)  # regularized: strength of (lambda/2) sum <theta - theta0, blue - red>^2
+    # regularized: strength of (lambda/2) sum <theta - theta0, blue - red>^2; asft: lambda of lambda sum ||(I - C) dW||^2
+    reg_lambda: float = Field(1.0, ge=0)
+    # safelora (defences/safelora.py), one of: project the modules whose cosine is at most this / the N least similar
+    safelora_threshold: float | None = Field(None, ge=-1, le=1)
+    safelora_layers: int | None = Field(None, gt=0)
+    # the share of harmful samples in this variant's attack set (None: attack.harmful_ratio); see AttackConfig
+    harmful_ratio: float | None = Field(None, ge=0, le=1)
     # per-variant changes to attack.training (the seed trains vanilla for 10 epochs and orthogonal for 3)
     training: dict[str, Any] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _unset_mode_settings_left_out(self, handler):
+        """Settings of one mode (None by default) are written only when set: the variants of other modes dump as
+        before those settings existed, so their stage keys did not change."""
+        return {k: v for k, v in handler(self).items() if not (k in _OPTIONAL_VARIANT_KEYS and v is None)}
 
     @field_validator("random", mode="before")
     @classmethod
@@ -172,9 +189,9 @@ class AttackVariant(Strict):
 
     @model_validator(mode="after")
     def _fits_its_mode(self) -> "AttackVariant":
-        from orthoguard.modes import get_mode
+        from orthoguard.modes import check_variant
 
-        get_mode(self.mode).check(self)
+        check_variant(self)
         if self.controls is not None and not self.random:
             raise ValueError(f"variant '{self.name}': 'controls' names the defence of a random control; set random too")
         return self
@@ -223,6 +240,54 @@ class AttackConfig(Strict):
     probe_every: int = Field(0, ge=0)
     probe_prompts: int = Field(16, gt=0)
     probe_max_new_tokens: int = Field(32, gt=0)
+    # The field's protocol (Huang et al., arXiv 2409.18169; Vaccine, Lisa, Booster): fine-tune on `samples` samples
+    # of the benign task `benign_task` (orthoguard.tasks) of which a share `harmful_ratio` (p) are harmful (drawn
+    # from the attack set). p < 1 needs both; p = 1 with samples unset is the pure harmful attack (every attack
+    # sample). A set benign_task also gives every evaluated model its fine-tune accuracy (evaluation.fa_items).
+    # A variant's own `harmful_ratio` overrides p for that variant. Left out of the dump when at their defaults.
+    harmful_ratio: float = Field(1.0, ge=0, le=1)
+    samples: int | None = Field(None, gt=0)
+    benign_task: str | None = None
+
+    @field_validator("benign_task")
+    @classmethod
+    def _known_task(cls, value: str | None) -> str | None:
+        from orthoguard.tasks import task_names
+
+        if value is not None and value not in task_names():
+            raise ValueError(f"unknown benign task '{value}' (known: {', '.join(task_names())})")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _protocol_defaults_left_out(self, handler):
+        """The protocol keys are written only when not at their defaults: configs without them dump as before
+        they existed (the resolved config, and any hash of the attack section, did not change)."""
+        defaults = {"harmful_ratio": 1.0, "samples": None, "benign_task": None}
+        return {k: v for k, v in handler(self).items() if not (k in defaults and v == defaults[k])}
+
+    def ratio_of(self, variant: AttackVariant) -> float:
+        """The harmful ratio p of a variant's attack set: its own, else ``harmful_ratio``."""
+        return self.harmful_ratio if variant.harmful_ratio is None else variant.harmful_ratio
+
+    def mixture_of(self, variant: AttackVariant) -> dict[str, Any] | None:
+        """``{"p", "n", "task"}`` of a variant that trains on a mixture (p < 1 or `samples` set); None for the pure
+        harmful attack on every attack sample."""
+        p = self.ratio_of(variant)
+        if p >= 1 and self.samples is None:
+            return None
+        return {"p": p, "n": self.samples, "task": self.benign_task}
+
+    @model_validator(mode="after")
+    def _mixtures_complete(self) -> "AttackConfig":
+        for v in self.variants:
+            p = self.ratio_of(v)
+            if p < 1:
+                where = "attack.harmful_ratio" if v.harmful_ratio is None else f"attack.variants[{v.name}].harmful_ratio"
+                for key, value in (("benign_task", self.benign_task), ("samples", self.samples)):
+                    if value is None:
+                        raise ValueError(f"attack.{key} is not set: {where} = {p:g} < 1 mixes harmful samples into "
+                                         f"a benign task (set attack.benign_task and attack.samples)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -286,17 +351,42 @@ class PromptSetRef(Strict):
 
 class EvalConfig(Strict):
     backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU generation through vLLM (the [vllm] extra)
-    # generation precision: "model" (the weights' dtype), "auto" (bf16 where the CPU has native bf16), fp32, bf16
-    dtype: Literal["model", "auto", "fp32", "bf16"] = "model"
+    # generation precision (evaluation and refusal probes): "auto" (a merged bf16 copy where the CPU has native
+    # bf16, else the weights' dtype), "model" (the weights' dtype), fp32, bf16
+    dtype: Literal["model", "auto", "fp32", "bf16"] = "auto"
     max_new_tokens: int = Field(96, gt=0)
     batch_size: int = Field(16, gt=0)
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    judge: JudgeSpec = Field(default_factory=JudgeSpec)  # "keyword", or {name: harmbench, endpoint: URL, model: M}
+    # the refusal judge: "keyword", or an LLM refusal judge {name: sorry-bench | strongreject, endpoint: URL, model: M}
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    # an optional harm judge on the harmful sets, reported apart from refusal: {name: harmbench | strongreject, ...}
+    harm_judge: JudgeSpec | None = None
     # extra registered prompt sets (orthoguard.prompts: advbench, harmbench, jailbreakbench, strongreject,
     # strongreject-small, xstest-safe, xstest-unsafe, mtbench) or files, each {name, limit}
     prompt_sets: list[PromptSetRef] = Field(default_factory=list)
+    # fine-tune accuracy (when attack.benign_task is set): every model on the first fa_items test items of the task
+    fa_items: int = Field(200, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _fa_default_left_out(self, handler):
+        """``fa_items`` is written only when not 200: configs without it dump (and hash) as before it existed;
+        the evaluate stage hashes it itself when a benign task is set."""
+        left_out = {"fa_items": 200, "harm_judge": None}  # harm_judge: unset, as before it existed
+        return {k: v for k, v in handler(self).items() if not (k in left_out and v == left_out[k])}
+
+    @model_validator(mode="after")
+    def _judges_measure_what_they_are_for(self) -> "EvalConfig":
+        from orthoguard.judges import HARM, REFUSAL
+
+        if REFUSAL not in self.judge.measures:
+            raise ValueError(f"evaluation.judge: {self.judge.name!r} judges harm, not refusal; name it under "
+                             f"evaluation.harm_judge and keep a refusal judge (keyword, sorry-bench, strongreject) here")
+        if self.harm_judge is not None and HARM not in self.harm_judge.measures:
+            raise ValueError(f"evaluation.harm_judge: {self.harm_judge.name!r} judges refusal, not harm "
+                             "(harm judges: harmbench, strongreject)")
+        return self
 
     @field_validator("prompt_sets")
     @classmethod
@@ -320,6 +410,31 @@ class EvalConfig(Strict):
         return refs
 
 
+class StageResources(Strict):
+    """What one SLURM job of a stage asks for; unset keys take the ``cluster`` section's."""
+
+    gpus_per_job: int | None = Field(None, ge=0)
+    cpus_per_job: int | None = Field(None, gt=0)
+    mem_gb: float | None = Field(None, gt=0)
+    timeout_min: int | None = Field(None, gt=0)
+
+
+class ClusterConfig(Strict):
+    """``orthoguard run --executor slurm``: every stage is one SLURM job submitted through submitit. None of these
+    keys is part of a stage's key (where a stage ran does not change what it computed)."""
+
+    partition: str | None = None
+    account: str | None = None
+    gpus_per_job: int = Field(1, ge=0)
+    cpus_per_job: int = Field(8, gt=0)  # also the stage's torch threads
+    mem_gb: float | None = Field(None, gt=0)
+    timeout_min: int = Field(720, gt=0)  # per job; a timed-out training stage resumes from its checkpoint on rerun
+    setup: list[str] = []  # shell lines each job runs first (module load ..., source .venv/bin/activate)
+    sbatch: dict[str, str | int] = {}  # further sbatch options (qos, constraint, ...)
+    # per stage: a stage kind ("data", "attack", "evaluate") or one stage ("attack:vanilla"), the latter first
+    stages: dict[str, StageResources] = {}
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     output_dir: str = "runs/experiment"
@@ -333,6 +448,7 @@ class ExperimentConfig(Strict):
     directions: DirectionsConfig = Field(default_factory=DirectionsConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)  # only `run --executor slurm` reads it
 
     @model_validator(mode="after")
     def _matched_controls_have_a_defence(self) -> "ExperimentConfig":

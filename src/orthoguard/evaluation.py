@@ -2,7 +2,9 @@
 
 For every model: refusal rate on each prompt set (harmful sets: refusing is wanted; benign sets: refusing is
 over-refusal), per category where the set has categories, the attack task's held-out loss (did the attack learn?)
-and the perplexity of benign reference answers (did the model keep its ordinary ability?).
+and the perplexity of benign reference answers (did the model keep its ordinary ability?); with a benign task
+(``attack.benign_task``), the fine-tune accuracy on its first ``evaluation.fa_items`` test items
+(``tasks.fine_tune_accuracy``; per-item replies in ``results/fine_tune_accuracy/<model>.jsonl``).
 
 A reply with no verdict (empty, an unterminated ``<think>`` block, a judge error) is left out of a rate's
 denominator and counted: ``summary.json`` -> ``models[model][set]`` has ``k``/``n`` (refusals / judged replies),
@@ -18,6 +20,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import DataCollatorForSeq2Seq
@@ -27,6 +30,7 @@ from orthoguard.config import ExperimentConfig
 from orthoguard.generation import GenerationSettings, generate, generate_vllm
 from orthoguard.io import write_json, write_jsonl, write_text
 from orthoguard.judges import judge_records
+from orthoguard.judges.harm import add_harm_verdicts, harm_summary
 from orthoguard.metrics import format_rate, paired_mcnemar, per_category, rate_summary
 from orthoguard.models import load_with_adapters
 from orthoguard.provenance import versions
@@ -49,10 +53,13 @@ class PromptSet:
 
 @dataclass
 class UtilityData:
-    """Samples whose completion loss is measured: held-out attack answers and benign reference answers."""
+    """Samples whose completion loss is measured: held-out attack answers and benign reference answers; and the
+    benign task (a ``tasks.BenignTask``, or None) whose fine-tune accuracy is measured on ``fa_items`` test items."""
 
     attack_heldout: list = field(default_factory=list)
     benign_references: list = field(default_factory=list)
+    task: Any = None
+    fa_items: int | None = None
 
 
 @torch.inference_mode()
@@ -85,7 +92,8 @@ def generate_vllm_merged(model, tokenizer, prompts, settings: GenerationSettings
 
 
 def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], prompt_sets: list[PromptSet], judge,
-                   utility: UtilityData | None = None, judge_cache: Path | None = None) -> tuple[dict[str, list[dict]], dict]:
+                   utility: UtilityData | None = None, judge_cache: Path | None = None,
+                   records_dir: Path | None = None) -> tuple[dict[str, list[dict]], dict]:
     model, tokenizer, _ = load_with_adapters(cfg.model, adapters)
     e = cfg.evaluation
     settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p, dtype=e.dtype)
@@ -102,9 +110,21 @@ def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], promp
         heldout = completion_nll(model, tokenizer, utility.attack_heldout)
         benign = completion_nll(model, tokenizer, utility.benign_references)
         util = {"attack_heldout_loss": heldout, "benign_perplexity": math.exp(benign) if benign is not None else None}
+        if utility.task is not None:
+            from orthoguard.tasks import fine_tune_accuracy
+
+            fa = fine_tune_accuracy(model, tokenizer, utility.task, n=utility.fa_items, settings=settings)
+            util["fine_tune_accuracy"] = fa.summary()
+            if records_dir is not None:
+                write_jsonl(Path(records_dir) / "fine_tune_accuracy" / f"{name}.jsonl", fa.record_dicts())
     del model
     gc.collect()
     return out, util
+
+
+# set by a `run --jobs N` worker: (cfg, models, prompt_sets, utility, judge_cache, fa_records) -> {model: (records,
+# utility)} computed in processes of their own; None: each model in turn, in this process
+MODEL_FAN_OUT = None
 
 
 def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt_sets: list[PromptSet], out_dir: Path,
@@ -114,8 +134,11 @@ def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt
     spec = cfg.evaluation.judge
     judge = spec.build()
     judge_cache = out_dir / "cache" / f"judge.{spec.name}.jsonl" if spec.is_llm else None
+    harm_spec = cfg.evaluation.harm_judge
+    harm_judge = harm_spec.build() if harm_spec is not None else None
     summary = {
         "judge": judge.describe() if spec.is_llm else spec.name,
+        **({"harm_judge": harm_judge.describe() if harm_spec.is_llm else harm_spec.name} if harm_judge else {}),
         "seed": cfg.seed,
         "prompt_sets": {ps.name: len(ps.prompts) for ps in prompt_sets},
         "harmful_sets": [ps.name for ps in prompt_sets if ps.harmful],
@@ -123,9 +146,16 @@ def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt
         "models": {}, "categories": {}, "utility": {}, "versions": versions(), **(extra or {}),
     }
     records: dict[str, dict[str, list[dict]]] = {}
+    fa_records = {"records_dir": out_dir} if utility is not None and utility.task is not None else {}
+    # `run --jobs N`: every model in a process of its own (orthoguard.parallel.fan_out_models); the rest as serial
+    evaluated = MODEL_FAN_OUT(cfg, models, prompt_sets, utility, judge_cache, fa_records) if MODEL_FAN_OUT else {}
     for name, adapters in models.items():
-        per_set, util = evaluate_model(cfg, name, adapters, prompt_sets, judge, utility, judge_cache)
+        per_set, util = evaluated[name] if name in evaluated else \
+            evaluate_model(cfg, name, adapters, prompt_sets, judge, utility, judge_cache, **fa_records)
         records[name] = per_set
+        if harm_judge is not None:
+            summary.setdefault("harm", {})[name] = harm_readings(per_set, [ps.name for ps in prompt_sets if ps.harmful],
+                                                                 harm_spec, harm_judge, out_dir)
         summary["utility"][name] = util
         summary["models"][name] = {s: rate_summary([r["refused"] for r in rs]) for s, rs in per_set.items()}
         summary["categories"][name] = {s: per_category(rs) for s, rs in per_set.items() if any(r["category"] for r in rs)}
@@ -137,6 +167,16 @@ def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt
     Summary.parse(summary, out_dir / "summary.json").write(out_dir / "summary.json")
     write_text(out_dir / "summary.md", summary_table(summary))
     return summary
+
+
+def harm_readings(per_set: dict[str, list[dict]], harmful_sets: list[str], spec, harm_judge, out_dir: Path) -> dict:
+    """The harm judge on the harmful sets' records (fields added in place) and its reading of each set."""
+    cache = out_dir / "cache" / f"judge.{spec.name}.jsonl" if spec.is_llm else None
+    readings = {}
+    for set_name in harmful_sets:
+        add_harm_verdicts(per_set[set_name], harm_judge, cache, spec.concurrency)
+        readings[set_name] = harm_summary(per_set[set_name], harm_judge.harm_field)
+    return readings
 
 
 def _verdicts(records: list[dict]) -> dict[str, bool | None]:
@@ -177,6 +217,9 @@ def summary_table(summary: dict) -> str:
     sets = list(summary["prompt_sets"])
     kind = {s: "refusal" if s in summary.get("harmful_sets", sets) else "over-refusal" for s in sets}
     util_cols = ["attack held-out loss", "benign perplexity"] if any(summary.get("utility", {}).values()) else []
+    fa = {m: u.get("fine_tune_accuracy") for m, u in summary.get("utility", {}).items() if u and u.get("fine_tune_accuracy")}
+    if fa:
+        util_cols.append(f"FA ({next(iter(fa.values()))['task']})")
     head = "| model | " + " | ".join(f"{kind[s]} on {s}" for s in sets) + "".join(f" | {c}" for c in util_cols) + " |\n"
     head += "|---|" + "---|" * (len(sets) + len(util_cols)) + "\n"
     rows = ""
@@ -185,6 +228,8 @@ def summary_table(summary: dict) -> str:
         cells = [format_rate(per_set[s]) for s in sets]
         if util_cols:
             cells += [_num(util.get("attack_heldout_loss")), _num(util.get("benign_perplexity"))]
+        if fa:
+            cells.append(format_rate(fa[name]) if name in fa else "n/a")
         rows += f"| {name} | " + " | ".join(cells) + " |\n"
     return head + rows + DENOMINATOR_NOTE
 

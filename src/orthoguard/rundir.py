@@ -5,6 +5,7 @@ field has one name and one type everywhere (unknown fields are rejected). Older 
 their older field names mapped (``errors`` for ``no_verdict``, the two older McNemar row shapes).
 
     data/splits.json                 Splits
+    data/attack_mixture.<v>.json     AttackMixture
     stages.json                      StageRecords (name -> StageRecord)
     seeds.json                       SeedsIndex
     logs/training_loss_<name>.json   TrainLog
@@ -200,9 +201,46 @@ class McNemarRow(Entry):
         return data
 
 
+class FineTuneAccuracy(Entry):
+    """Fine-tune accuracy (FA): ``k`` correct of ``n`` test items of a benign task, with a 95% Wilson interval
+    (``tasks.AccuracyResult.summary``); the per-item replies are in ``results/fine_tune_accuracy/<model>.jsonl``."""
+
+    task: str
+    k: int = Field(ge=0)
+    n: int = Field(ge=0)
+    rate: float | None
+    ci95: tuple[float, float] | None = None
+    max_new_tokens: int | None = None
+
+    @model_validator(mode="after")
+    def _interval(self) -> FineTuneAccuracy:
+        if self.ci95 is None:
+            self.ci95 = tuple(round(x, 4) for x in wilson_interval(self.k, self.n))
+        return self
+
+
+class MeanScore(Entry):
+    """A mean of graded scores in [0, 1] (StrongREJECT's) over ``n`` replies, with a 95% percentile-bootstrap
+    interval over the prompts."""
+
+    mean: float | None
+    n: int = Field(ge=0)
+    no_verdict: int = Field(0, ge=0)
+    ci95: tuple[float, float] | None = None
+
+
+class HarmSummary(Entry):
+    """A harm judge's reading of one model on one harmful set, kept apart from its refusal rate: ``harmful`` is the
+    share of replies judged harmful (HarmBench's yes), ``score`` the mean harm score (StrongREJECT)."""
+
+    harmful: RateSummary | None = None
+    score: MeanScore | None = None
+
+
 class Utility(Entry):
     attack_heldout_loss: float | None = None
     benign_perplexity: float | None = None
+    fine_tune_accuracy: FineTuneAccuracy | None = None  # only when the run has a benign task (attack.benign_task)
 
 
 class DiagnosticsOverall(Entry):
@@ -213,17 +251,26 @@ class DiagnosticsOverall(Entry):
     k: int | None = None
 
 
+def _judge_words(judge: str | dict[str, Any] | None) -> str | None:
+    if isinstance(judge, dict):
+        return f"{judge.get('name')} (model {judge.get('model')} at {judge.get('endpoint')})"
+    return judge
+
+
 class Summary(RunFile):
     """``results/summary.json``: every model's rates per prompt set, paired tests, utility and run facts."""
 
     @property
     def judge_label(self) -> str | None:
-        """The judge in words: ``keyword``, or ``harmbench (model M at URL)`` for an LLM judge."""
-        if isinstance(self.judge, dict):
-            return f"{self.judge.get('name')} (model {self.judge.get('model')} at {self.judge.get('endpoint')})"
-        return self.judge
+        """The refusal judge in words: ``keyword``, or ``strongreject (model M at URL)`` for an LLM judge."""
+        return _judge_words(self.judge)
+
+    @property
+    def harm_judge_label(self) -> str | None:
+        return _judge_words(self.harm_judge)
 
     judge: str | dict[str, Any] | None = None
+    harm_judge: str | dict[str, Any] | None = None
     seed: int | None = None
     prompt_sets: dict[str, int] = {}
     harmful_sets: list[str] = []
@@ -231,6 +278,7 @@ class Summary(RunFile):
     models: dict[str, dict[str, RateSummary]]
     categories: dict[str, dict[str, dict[str, RateSummary]]] = {}
     utility: dict[str, Utility] = {}
+    harm: dict[str, dict[str, HarmSummary]] = {}  # model -> harmful set -> the harm judge's reading
     mcnemar: dict[str, list[McNemarRow]] = {}
     attacked: str | None = None
     controls: dict[str, dict[str, str]] = {}  # defence -> {control kind: control}
@@ -265,6 +313,24 @@ class Splits(RunFile):
     seed: int | None = None
 
 
+class AttackMixture(RunFile):
+    """``data/attack_mixture.<variant>.json``: the harmful-ratio mixture a variant trained on
+    (``tasks.MixtureInfo``): ``n_harmful`` of the attack samples and ``n_benign`` of the task's, the harmful
+    questions used, the sample sources and a sha256 of the mixture's messages in order."""
+
+    variant: str
+    task: str | None = None
+    p: float = Field(ge=0, le=1)
+    n: int = Field(ge=1)
+    seed: int
+    n_harmful: int = Field(ge=0)
+    n_benign: int = Field(ge=0)
+    harmful_available: int = Field(ge=0)
+    harmful_questions: list[str] = []
+    sources: dict[str, int] = {}
+    digest: str = ""
+
+
 class LossRecord(Entry):
     """One optimizer step: the seed's fields, and what the attack mode's hooks add (floats only)."""
 
@@ -285,6 +351,7 @@ class ProbeRecord(_Counts):
     no_verdict: int = 0
     total: int | None = None
     ci95: tuple[float, float] = (0.0, 1.0)
+    verdicts: list[bool | None] | None = None  # per probe prompt, in the probe split's order (older logs: absent)
 
 
 class TensorShare(Entry):
@@ -312,6 +379,7 @@ class TrainLog(RunFile):
     losses: list[LossRecord] = []
     probes: list[ProbeRecord] | None = None
     projection: ProjectionLog | None = None
+    defence: dict[str, Any] | None = None  # a literature defence's record (defences/: safelora's selection, asft's lambda)
     diagnostics: dict[str, Any] | None = None  # older runs kept the weight-space diagnostics here
 
     @property

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from orthoguard import data as D
 from orthoguard import distributed
+from orthoguard import tasks as T
 from orthoguard.config import AttackVariant, ExperimentConfig
 from orthoguard.diagnostics import weight_diagnostics
 from orthoguard.directions import compute_directions, module_factors, random_like, save_directions
@@ -32,7 +33,7 @@ from orthoguard.models import load_with_adapters, record_base_model
 from orthoguard.modes import get_mode
 from orthoguard.prompts import BENIGN_SET, HARMFUL_SET, load_prompt_set, prompt_set_name
 from orthoguard.regularization import blue_red_directions
-from orthoguard.rundir import Diagnostics, Splits
+from orthoguard.rundir import AttackMixture, Diagnostics, Splits
 from orthoguard.seeding import derive_seed, lora_init_seed
 from orthoguard.training import RefusalProbe, train_lora
 
@@ -148,10 +149,51 @@ def question_splits(run: Run) -> dict[str, list[str]]:
 def preflight(run: Run) -> None:
     """What can be checked before the first stage runs: the question splits (data source, split specs) and every
     evaluation prompt set (an unknown name, an unreadable or malformed file) fail here, not after training."""
-    question_splits(run)
+    splits = question_splits(run)
     for ref in run.cfg.evaluation.prompt_sets:
         if not load_prompt_set(ref.name, limit=ref.limit, seed=run.cfg.seed):
             raise DataError(f"evaluation.prompt_sets: '{ref.name}' has no prompts")
+    check_mixtures(run, splits)
+
+
+def check_mixtures(run: Run, splits: dict[str, list[str]]) -> None:
+    """What is knowable of the harmful-ratio mixtures before any stage: the benign task has the ``n - k`` training
+    samples, and the attack data can give ``k = harmful_count(p, n)`` harmful ones: at most the red conversations
+    and ``data.synthetic_data_path`` answers of the attack questions, plus one generated answer per attack question
+    the synth stage answers. (The exact number is known after synth: the attack stage checks it again.)"""
+    cfg = run.cfg
+    mixtures = {v.name: m for v in cfg.attack.variants if (m := cfg.attack.mixture_of(v)) is not None}
+    if not mixtures:
+        return
+    bound = None
+    for name, m in mixtures.items():
+        k = T.harmful_count(m["p"], m["n"])
+        if m["task"] is not None and m["n"] - k:
+            try:
+                T.load_task(m["task"]).train_samples(m["n"] - k, cfg.seed)
+            except T.TaskDataError as exc:
+                raise DataError(f"attack.samples = {m['n']} at harmful ratio {m['p']:g} (variant '{name}'): {exc}") from None
+        if k:
+            bound = harmful_upper_bound(run, splits) if bound is None else bound
+            if k > bound:
+                raise DataError(
+                    f"attack.samples = {m['n']} at harmful ratio {m['p']:g} (variant '{name}') needs {k} harmful "
+                    f"samples; the attack split can give at most {bound} (lower attack.samples or "
+                    "attack.harmful_ratio, or give data.attack_split more questions)")
+
+
+def harmful_upper_bound(run: Run, splits: dict[str, list[str]]) -> int:
+    """The most attack samples the attack split can give: its red conversations and file answers, plus one
+    generated answer per question the synth stage would answer (see ``synth_questions``)."""
+    cfg = run.cfg
+    rows = run.harmfulqa()
+    attack = set(splits["attack"])
+    extra = D.load_synthetic(cfg.data.synthetic_data_path) if cfg.data.synthetic_data_path else []
+    known = len(D.attack_samples(rows, attack, extra).samples)
+    generated = 0
+    if cfg.synth.enabled and not any(r.red for r in rows if r.question in attack):
+        generated = min(len(splits["attack"]), cfg.synth.max_prompts or len(splits["attack"]))
+    return known + generated
 
 
 def probe_count(cfg: ExperimentConfig) -> int:
@@ -243,7 +285,7 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
     callbacks = []
     if probe and cfg.attack.probe_every:
         prompts = load_splits(run).probe
-        settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size)
+        settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size, dtype=cfg.evaluation.dtype)
         spec = cfg.evaluation.judge
         cache = run.path("cache", f"judge.{spec.name}.jsonl") if spec.is_llm else None
         callbacks.append(RefusalProbe(tokenizer, prompts, cfg.attack.probe_every, spec.build(), settings, cfg.seed,
@@ -368,6 +410,60 @@ def attack_samples(run: Run) -> list:
     return run.attack_samples()
 
 
+def mixture_paths(run: Run, variant: AttackVariant) -> list[Path]:
+    """Where a mixture variant's attack set is recorded (none for the pure harmful attack)."""
+    if run.cfg.attack.mixture_of(variant) is None:
+        return []
+    return [run.path("data", f"attack_mixture.{variant.name}.json"), run.path("data", f"attack_mixture.{variant.name}.jsonl")]
+
+
+def evaluation_questions(run: Run) -> dict[str, list[str]]:
+    """The prompts of every evaluation set (and the probe and held-out splits): no harmful training sample may
+    be one of them."""
+    cfg, splits = run.cfg, load_splits(run)
+    sets = {HARMFUL_SET: splits.test, "probe": splits.probe, "attack_heldout": splits.attack_heldout,
+            BENIGN_SET: splits.benign_eval}
+    for ref in cfg.evaluation.prompt_sets:
+        sets[prompt_set_name(ref.name)] = [r.prompt for r in load_prompt_set(ref.name, limit=ref.limit, seed=cfg.seed)]
+    return sets
+
+
+def attack_set(run: Run, variant: AttackVariant) -> list:
+    """The samples a variant trains on: the attack set (the pure harmful attack), or, when ``attack.mixture_of``
+    says so, ``attack.samples`` samples of which ``harmful_count(p, n)`` are drawn from the attack set and the rest
+    from ``attack.benign_task`` (``tasks.build_mixture``), checked against every evaluation set's questions and
+    recorded in ``data/attack_mixture.<variant>.json`` (counts, harmful questions, digest) and ``.jsonl``."""
+    cfg = run.cfg
+    mix = cfg.attack.mixture_of(variant)
+    if mix is None:
+        return run.attack_samples()
+    p, n = mix["p"], mix["n"]
+    k = T.harmful_count(p, n)
+    try:
+        harmful = run.attack_samples()
+    except DataError:
+        if k:
+            raise
+        harmful = []  # p * n rounds to 0: a benign-only control needs no attack answers
+    task = T.load_task(mix["task"]) if mix["task"] is not None else None
+    try:
+        T.assert_disjoint(harmful, evaluation_questions(run))
+        samples, info = T.build_mixture(harmful, task, p, n, seed=cfg.seed)
+    except T.TaskDataError as exc:
+        raise DataError(f"attack variant '{variant.name}' (attack.samples = {n}, harmful ratio {p:g}): {exc}") from None
+    if distributed.is_main():
+        record, rows = mixture_paths(run, variant)
+        AttackMixture(variant=variant.name, **info.to_dict()).write(record)
+        write_jsonl(rows, _samples_to_records(samples))
+    return samples
+
+
+def _attack_derived(cfg: ExperimentConfig, v: AttackVariant) -> dict:
+    mixture = cfg.attack.mixture_of(v)  # hashed only where set: the pure attack's keys are those of older configs
+    return {"variant": v.model_dump(mode="json"), "train": cfg.attack.training_for(v).model_dump(mode="json"),
+            "judge_version": cfg.evaluation.judge.version, **({"mixture": mixture} if mixture is not None else {})}
+
+
 def attacked_adapters(run: Run) -> list[Path]:
     """The adapters merged into the model that the attack fine-tunes."""
     return [run.adapter("refusal")] if run.cfg.attack.target == "aligned" else []
@@ -377,17 +473,16 @@ def attacked_adapters(run: Run) -> list[Path]:
        reads=("model", "attack.target", "attack.probe_every", "attack.probe_prompts", "attack.probe_max_new_tokens",
               "evaluation.judge", "evaluation.batch_size",  # the refusal probes judge and generate with these
               "data.synthetic_data_path", "directions.kind", "directions.subspace_k", "directions.subspace_energy"),
-       derived=lambda cfg, v: {"variant": v.model_dump(mode="json"), "train": cfg.attack.training_for(v).model_dump(mode="json"),
-                               "judge_version": cfg.evaluation.judge.version},
+       derived=_attack_derived,
        upstream=lambda cfg, v: ["data", "synth", "refusal", "directions"] + get_mode(v.mode).upstream(cfg, v),
        outputs=lambda run, v: [run.adapter(f"attack-{v.name}"), run.log_path(v.name), run.diagnostics_path(v.name)]
-       + get_mode(v.mode).outputs(run, v),
+       + get_mode(v.mode).outputs(run, v) + mixture_paths(run, v),
        files=("data.source", "model.name", "data.synthetic_data_path"))
 def stage_attack(run: Run, variant: AttackVariant) -> None:
     """One attack LoRA; the variant's mode adds its training hooks (a projection, a penalty, nothing)."""
     cfg = run.cfg
-    samples = run.attack_samples()
-    if distributed.is_main():
+    samples = attack_set(run, variant)
+    if distributed.is_main() and cfg.attack.mixture_of(variant) is None:
         write_jsonl(run.path("data", "attack.jsonl"), _samples_to_records(samples))
     train_cfg = cfg.attack.training_for(variant)
     hooks = get_mode(variant.mode).hooks(run, variant, train_cfg)
@@ -414,8 +509,14 @@ def evaluated_adapters(run: Run) -> dict[str, list[Path]]:
     return models
 
 
+def harm_judge_version(cfg: ExperimentConfig) -> dict:
+    harm = cfg.evaluation.harm_judge
+    return {"harm_judge_version": harm.version} if harm is not None else {}
+
+
 @stage("evaluate", reads=("model", "evaluation", "attack.target", "data.benign_reference_prompts"),
-       derived=lambda cfg: {"models": sorted(evaluated_models(cfg)), "judge_version": cfg.evaluation.judge.version},
+       derived=lambda cfg: {"models": sorted(evaluated_models(cfg)), "judge_version": cfg.evaluation.judge.version,
+                            **fa_settings(cfg), **harm_judge_version(cfg)},
        upstream=lambda cfg: ["data", "synth", "refusal"] + [f"attack:{v.name}" for v in cfg.attack.variants],
        outputs=lambda run: [run.path("results", "local_refusal_test.json"), run.path("results", "summary.json")],
        files=("data.source", "model.name", "data.synthetic_data_path",
@@ -431,12 +532,23 @@ def stage_evaluate(run: Run) -> dict:
     return evaluate_models(cfg, evaluated_adapters(run), prompt_sets, run.path("results"), utility_data(run), run_facts(run))
 
 
+def fa_settings(cfg: ExperimentConfig) -> dict:
+    """The fine-tune accuracy settings the evaluate stage hashes: none without a benign task (older keys)."""
+    if cfg.attack.benign_task is None:
+        return {}
+    return {"fine_tune_accuracy": {"task": cfg.attack.benign_task, "fa_items": cfg.evaluation.fa_items}}
+
+
 def utility_data(run: Run) -> UtilityData:
+    """Held-out attack answers (the harmful held-out questions, whatever the mixture), benign reference answers,
+    and the benign task whose fine-tune accuracy every model gets (``attack.benign_task``)."""
     cfg = run.cfg
     rows = run.harmfulqa()
     synthetic = D.load_synthetic(run.path("data", "synthetic.json"))
     heldout = D.attack_samples(rows, set(load_splits(run).attack_heldout), synthetic).samples
-    return UtilityData(attack_heldout=heldout, benign_references=D.load_benign_references(cfg.data.benign_reference_prompts))
+    task = T.load_task(cfg.attack.benign_task) if cfg.attack.benign_task is not None else None
+    return UtilityData(attack_heldout=heldout, benign_references=D.load_benign_references(cfg.data.benign_reference_prompts),
+                       task=task, fa_items=cfg.evaluation.fa_items)
 
 
 def run_facts(run: Run) -> dict:
