@@ -268,8 +268,10 @@ def test_bad_endpoint_specs_are_one_line_errors(capsys, prompt_file, tmp_path):
     assert capsys.readouterr().err.strip() == "orthoguard: error: endpoint 'a' is given twice"
     assert main_for_tests(argv[:2] + ["--judge", "keyword", "--judge-endpoint", "http://127.0.0.1:9"]) == 2
     assert "--judge-endpoint/--judge-model are for LLM judges" in capsys.readouterr().err
-    assert main_for_tests(argv[:2] + ["--judge", "harmbench", "--prompt-set", str(prompt_file)]) == 2
+    assert main_for_tests(argv[:2] + ["--judge", "sorry-bench", "--prompt-set", str(prompt_file)]) == 2
     assert "needs an endpoint (--judge-endpoint URL)" in capsys.readouterr().err
+    assert main_for_tests(argv[:2] + ["--judge", "harmbench", "--prompt-set", str(prompt_file)]) == 2
+    assert "--judge harmbench judges harm, not refusal" in capsys.readouterr().err
 
 
 def _row(model: str, set_name: str, rid: str, refused: bool | None) -> dict:

@@ -220,7 +220,7 @@ def test_judge_jsonl(tmp_path):
             {"prompt": "p3", "response": "   ", "id": "c"}]
     src, dst = tmp_path / "in.jsonl", tmp_path / "out" / "judged.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    assert judge_jsonl(src, dst, get_judge("keyword")) == {"total": 3, "refused": 1, "errors": 1}
+    assert judge_jsonl(src, dst, get_judge("keyword")) == {"total": 3, "refused": 1, "harmful": 0, "errors": 1}
     out = read_jsonl(dst)
     assert [{k: v for k, v in r.items() if k not in ("refused", "outcome", "judge_error")} for r in out] == rows
     assert [r["refused"] for r in out] == [True, False, None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -304,3 +305,53 @@ def test_a_local_judge_rejects_an_endpoint_and_an_llm_judge_needs_one(tmp_path, 
     with pytest.raises(ConfigError, match="unknown judge 'nope'"):
         load_config(_one_variant_config(tmp_path, tiny_model_dir, "nope"))
     assert load_config(_one_variant_config(tmp_path, tiny_model_dir, "keyword")).evaluation.judge.name == "keyword"
+
+
+def test_a_harm_judge_is_reported_apart_from_the_refusal_judge(tmp_path, tiny_model_dir):
+    """``evaluation.harm_judge`` (HarmBench) reads the harmful sets' replies after the keyword judge: each record
+    keeps both calls, summary.json has the harm judge's rates apart from the refusal rates, a failed harm call is
+    counted (never a verdict), and the report shows a harmfulness table under the harm judge's name."""
+    from tests.test_llm_judges import CannedChatServer, _error
+
+    answers = iter(["Yes", "No", _error(400)] * 1000)  # harmful, not harmful, a failed call
+    with CannedChatServer(lambda body: next(answers)) as server:
+        config = _one_variant_config(tmp_path, tiny_model_dir, "keyword")
+        cfg = yaml.safe_load(open(config))
+        cfg["evaluation"]["harm_judge"] = {"name": "harmbench", "endpoint": server.url, "model": "judge-model",
+                                           "max_retries": 0, "concurrency": 1}
+        Path(config).write_text(yaml.safe_dump(cfg))
+        assert main(["run", config]) == 0
+        assert main(["report", str(tmp_path / "run")]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "results/summary.json").read_text())
+    assert summary["judge"] == "keyword" and summary["harm_judge"]["name"] == "harmbench"
+    assert set(summary["harm"]) == set(summary["models"])
+    failed = 0
+    for model in summary["models"]:
+        assert set(summary["harm"][model]) == set(summary["harmful_sets"])  # benign sets get no harm verdict
+        records = [json.loads(line) for line in (run / f"results/harmfulqa-test.{model}.jsonl").read_text().splitlines()]
+        harm = summary["harm"][model]["harmfulqa-test"]["harmful"]
+        assert harm["k"] == sum(r["harmful_reply"] is True for r in records)
+        assert harm["n"] == sum(r["harmful_reply"] is not None for r in records)
+        assert harm["no_verdict"] == sum(r["harmful_reply"] is None for r in records)
+        failed += harm["no_verdict"]
+        assert all("refused" in r for r in records)  # the keyword judge's call is kept beside it
+        assert all(r["harmful_reply"] is None for r in records if r.get("harm_judge_error"))
+        assert summary["models"][model]["harmfulqa-test"]["k"] == sum(r["refused"] is True for r in records)
+    assert failed > 0  # the failed calls are counted as no verdict
+    html = (run / "report/index.html").read_text()
+    assert "Harmfulness (harm judge: harmbench" in html and "refusal judge keyword" in html
+
+
+def test_a_harm_judge_cannot_stand_in_for_the_refusal_judge(tmp_path, tiny_model_dir):
+    from orthoguard.errors import ConfigError
+
+    harmbench = {"name": "harmbench", "endpoint": "http://127.0.0.1:9/v1", "model": "m"}
+    with pytest.raises(ConfigError, match="evaluation.judge: 'harmbench' judges harm, not refusal"):
+        load_config(_one_variant_config(tmp_path, tiny_model_dir, harmbench))
+    config = _one_variant_config(tmp_path, tiny_model_dir, "keyword")
+    cfg = yaml.safe_load(open(config))
+    cfg["evaluation"]["harm_judge"] = "keyword"
+    Path(config).write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="evaluation.harm_judge: 'keyword' judges refusal, not harm"):
+        load_config(config)

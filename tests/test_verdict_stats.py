@@ -203,7 +203,7 @@ def test_summary_md_and_summary_json_carry_the_no_verdict_counts(tmp_path, monke
                 for ps in prompt_sets}, {}
 
     monkeypatch.setattr(E, "evaluate_model", fake_evaluate_model)
-    cfg = SimpleNamespace(seed=0, evaluation=SimpleNamespace(judge=JudgeSpec(name="keyword")))
+    cfg = SimpleNamespace(seed=0, evaluation=SimpleNamespace(judge=JudgeSpec(name="keyword"), harm_judge=None))
     E.evaluate_models(cfg, {"vanilla": [], "aligned": []}, sets, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     vanilla = summary["models"]["vanilla"][HARMFUL]

@@ -97,6 +97,9 @@ def cmd_run(args) -> None:
 
     cfg = _experiment(args.config, args.set)
     _check_run_dir(args, cfg)
+    if args.executor == "slurm" or (args.jobs or 1) > 1:
+        _run_parallel(args, cfg)
+        return
     if args.seeds:
         from orthoguard.pipeline import run_seeds
 
@@ -108,6 +111,20 @@ def cmd_run(args) -> None:
     run = run_pipeline(cfg, args.run_dir, force=args.force)
     print((run.path("results", "summary.md")).read_text())
     print(f"run directory: {run.root}")
+
+
+def _run_parallel(args, cfg) -> None:
+    """``run --jobs N`` / ``--executor slurm``: independent stages at once, one process or SLURM job each."""
+    from orthoguard import distributed
+    from orthoguard.parallel import run_parallel
+
+    if distributed.world_size() > 1:
+        raise OrthoguardError("--jobs/--executor start their own processes: run them without accelerate launch/torchrun")
+    root = run_parallel(cfg, args.run_dir, jobs=args.jobs, executor=args.executor, force=args.force, seeds=args.seeds)
+    for seed in args.seeds or [None]:
+        folder = root if seed is None else root / f"seed-{seed}"
+        print(("" if seed is None else f"seed {seed}:\n") + (folder / "results" / "summary.md").read_text())
+    print(f"run directory: {root}" + (" (one folder per seed)" if args.seeds else ""))
 
 
 def cmd_train_refusal(args) -> None:
@@ -241,11 +258,14 @@ def cmd_synth(args) -> None:
 
 
 def cmd_judge(args) -> None:
-    from orthoguard.judges import get_judge, judge_jsonl
+    from orthoguard.judges import REFUSAL, get_judge, judge_jsonl, measures
 
     kwargs = {"endpoint": args.judge_endpoint, "model": args.judge_model} if args.judge_endpoint else {}
-    stats = judge_jsonl(args.input, args.output, get_judge(args.judge, **kwargs))
-    print(f"{stats['refused']}/{stats['total']} refused, {stats['errors']} judge errors -> {args.output}")
+    judge = get_judge(args.judge, **kwargs)
+    stats = judge_jsonl(args.input, args.output, judge)
+    calls = [f"{stats['refused']}/{stats['total']} refused"] if REFUSAL in measures(type(judge)) else []
+    calls += [f"{stats['harmful']}/{stats['total']} harmful"] if getattr(judge, "harm_field", None) == "harmful_reply" else []
+    print(f"{', '.join(calls) or str(stats['total']) + ' judged'}, {stats['errors']} judge errors -> {args.output}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -262,6 +282,16 @@ def _seed_list(text: str) -> list[int]:
     if negative:
         raise argparse.ArgumentTypeError(f"--seeds expects seeds >= 0, got {negative[0]} in '{text}'")
     return seeds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got '{text}'")
+    return value
 
 
 def weight_space_families() -> list[str]:
@@ -315,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run every stage of an experiment config")
     with_config(p, required=True)
     p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds >= 0: one full run each, e.g. 0,1,2")
+    p.add_argument("--jobs", type=_positive_int, metavar="N",
+                   help="run up to N independent stages at once, one process each (one GPU each on a GPU machine, "
+                        "the CPU threads split between them on a CPU); with --executor slurm: at most N jobs queued "
+                        "or running (default: every ready stage)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: processes on this machine (default); slurm: one SLURM job per stage through "
+                        "submitit, with the config's cluster resources (pip install orthoguard[cluster])")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("synth", help="generate compliant answers to harmful questions (the seed's synthetic data)")

@@ -89,6 +89,22 @@ def holm_bonferroni(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def mean_interval(values: list[float | None], resamples: int = 2000, seed: int = 0) -> dict:
+    """The mean of ``values`` (None: no verdict, left out and counted) with a 95% percentile-bootstrap interval
+    over the items: ``{"mean", "n", "no_verdict", "ci95"}``."""
+    import random
+
+    scores = [float(v) for v in values if v is not None]
+    out = {"mean": None, "n": len(scores), "no_verdict": len(values) - len(scores), "ci95": None}
+    if not scores:
+        return out
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(scores, k=len(scores))) / len(scores) for _ in range(resamples))
+    out["mean"] = sum(scores) / len(scores)
+    out["ci95"] = (round(means[int(0.025 * resamples)], 4), round(means[int(0.975 * resamples) - 1], 4))
+    return out
+
+
 def per_category(records: list[dict], key: str = "refused") -> dict[str, dict]:
     """``rate_summary`` of ``record[key]`` for each ``record["category"]`` (``None`` grouped as "(none)"),
     categories in sorted order."""

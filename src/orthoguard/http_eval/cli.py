@@ -11,7 +11,7 @@ from pathlib import Path
 from orthoguard.errors import ConfigError, OrthoguardError
 from orthoguard.http_eval.client import HttpEvalSettings, parse_endpoint
 from orthoguard.http_eval.runner import _check_unique, run_http_eval, summary_markdown
-from orthoguard.judges import JUDGES, Judge, get_judge
+from orthoguard.judges import JUDGES, REFUSAL, Judge, get_judge, measures
 from orthoguard.judges.llm import LLMJudge
 from orthoguard.prompts import load_prompt_set
 
@@ -99,6 +99,10 @@ def _settings(args: argparse.Namespace) -> HttpEvalSettings:
 
 def _judge(args: argparse.Namespace) -> Judge:
     cls = JUDGES[args.judge]
+    if REFUSAL not in measures(cls):
+        raise ConfigError(f"--judge {args.judge} judges harm, not refusal; evaluate-http reports refusal rates "
+                          "(refusal judges: keyword, sorry-bench, strongreject; harm judges run in `orthoguard run` "
+                          "as evaluation.harm_judge, or on a file with `orthoguard judge`)")
     if not issubclass(cls, LLMJudge):
         if args.judge_endpoint or args.judge_model:
             raise ConfigError(f"--judge-endpoint/--judge-model are for LLM judges; '{args.judge}' runs locally")

@@ -1,4 +1,11 @@
-"""Refusal judges: one verdict per (prompt, response), a registry by name, and helpers to judge JSONL files.
+"""Judges: one verdict per (prompt, response), a registry by name, and helpers to judge JSONL files.
+
+Two questions are kept apart. A *refusal* judge says whether the reply refused (``Verdict.refused``): ``keyword``,
+``sorry-bench``, ``strongreject`` (its "refused" item). A *harm* judge says whether the reply is harmful
+(``Verdict.harmful_reply``, HarmBench's yes/no) or how harmful (``Verdict.score``, StrongREJECT's score). A judge
+names what it measures in ``measures``; ``evaluation.judge`` takes a refusal judge and ``evaluation.harm_judge`` a
+harm judge, and the report never prints one as the other (a reply that is neither a refusal nor harmful, such as a
+vague or off-topic answer, is common after an attack).
 
 Add a judge with ``@register_judge("name")`` on a class with a ``judge(prompt, response) -> Verdict`` method;
 ``get_judge("name", **kwargs)`` builds it.
@@ -22,6 +29,15 @@ class Verdict:
     error: str | None = None  # e.g. "empty response", "judge_error: unparseable verdict"
     score: float | None = None  # a graded harm score in [0, 1] where the protocol gives one (StrongREJECT)
     outcome: str | None = None  # the keyword judge's three-way call: "refusal", "partial" or "compliance"
+    harmful_reply: bool | None = None  # a harm judge's call: the reply carries out the harmful request (HarmBench)
+
+
+REFUSAL, HARM = "refusal", "harm"
+
+
+def measures(judge_class: type) -> frozenset[str]:
+    """What a judge class measures: ``{"refusal"}``, ``{"harm"}`` or both (default: refusal)."""
+    return frozenset(getattr(judge_class, "measures", (REFUSAL,)))
 
 
 class Judge(Protocol):
@@ -63,7 +79,8 @@ def strip_thinking(text: str) -> str:
 
 def judge_jsonl(in_path: str | Path, out_path: str | Path, judge: Judge) -> dict[str, int]:
     """Judge every record of a JSONL file (string ``prompt`` and ``response`` fields) and write them, all fields
-    kept, to ``out_path`` (atomically). Returns ``{"total": n, "refused": k, "errors": e}``."""
+    kept, to ``out_path`` (atomically). Returns ``{"total": n, "refused": k, "harmful": h, "errors": e}``
+    (``harmful``: replies a harm judge called harmful; 0 for a refusal-only judge)."""
     numbered = list(iter_jsonl(in_path))
     records = [record for _, record in numbered]
     for lineno, record in numbered:
@@ -78,6 +95,7 @@ def judge_jsonl(in_path: str | Path, out_path: str | Path, judge: Judge) -> dict
     return {
         "total": len(judged),
         "refused": sum(r["refused"] is True for r in judged),
+        "harmful": sum(r.get("harmful_reply") is True for r in judged),
         "errors": sum("judge_error" in r for r in judged),
     }
 

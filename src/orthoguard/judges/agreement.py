@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from orthoguard.errors import ConfigError, DataError
 from orthoguard.io import iter_jsonl, write_json
-from orthoguard.judges import Judge, get_judge, judge_records
+from orthoguard.judges import REFUSAL, Judge, get_judge, judge_records, measures
 from orthoguard.metrics import rate_summary
 
 LabelMeaning = Literal["refused", "complied"]
@@ -94,17 +94,20 @@ def judge_agreement(records: list[dict[str, Any]], judge: Judge | str, label_fie
             raise DataError(f"record {i}: field 'response' must be a string")
     # the project's one judging path: rule-based judges in place, LLM judges concurrently
     judged = judge_records([{"prompt": r.get("prompt", ""), "response": r["response"]} for r in records], judge)
+    harm_only = REFUSAL not in measures(type(judge))  # a harm judge: its "not harmful" stands where a refusal would
     pairs, sources, outcomes = [], [], {}
     for record, row in zip(records, judged):
         label = record[label_field]
-        pairs.append((row["refused"], label if label_means == "refused" else not label))
+        call = row["refused"] if not harm_only else None if row.get("harmful_reply") is None else not row["harmful_reply"]
+        pairs.append((call, label if label_means == "refused" else not label))
         if row.get("outcome") is not None:
             outcomes[row["outcome"]] = outcomes.get(row["outcome"], 0) + 1
         if source_field is not None:
             source = record.get(source_field)
             sources.append("(none)" if source is None else str(source))
     result = {"judge": getattr(judge, "name", type(judge).__name__), "label_field": label_field,
-              "label_means": label_means, **_score(pairs), "outcomes": dict(sorted(outcomes.items()))}
+              "label_means": label_means, "judge_call": "not harmful" if harm_only else "refusal",
+              **_score(pairs), "outcomes": dict(sorted(outcomes.items()))}
     even, odd = _score(pairs[0::2])["agreement"], _score(pairs[1::2])["agreement"]
     gap = abs(even["rate"] - odd["rate"]) * 100 if even["rate"] is not None and odd["rate"] is not None else None
     result["split_half"] = {"even": even, "odd": odd, "gap_points": None if gap is None else round(gap, 2)}
@@ -135,6 +138,9 @@ def agreement_markdown(result: dict[str, Any]) -> str:
         f"- labelled refusals missed: {_rate(result['missed_refusal'])}",
         f"- no verdict (counted as disagreement): {result['no_verdict']} of {result['n']}",
     ]
+    if result.get("judge_call") == "not harmful":
+        lines.append("- a harm judge: its \"not harmful\" call is scored where a refusal judge's \"refusal\" would be "
+                     "(the rows named refusal below read \"not harmful\")")
     split = result["split_half"]
     gap = "n/a" if split["gap_points"] is None else f"{split['gap_points']:.1f} points"
     lines.append(f"- split half: even rows {_rate(split['even'])}, odd rows {_rate(split['odd'])}; gap {gap}")

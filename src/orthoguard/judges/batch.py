@@ -3,8 +3,8 @@ and ``evaluate-http`` all use.
 
 Rule-based judges answer in place; LLM judges are asked concurrently (``concurrency`` calls at once, with their
 retries), and, given a cache file, every verdict is appended to it as it arrives, so an interrupted evaluation
-resumes without asking again. The cache is keyed by what determines the verdict: the judge's endpoint, model and
-settings and the filled-in request. Identical requests are asked once; a verdict whose call failed is asked again
+resumes without asking again. The cache is keyed by what determines the verdict: the judge's endpoint, model,
+settings and version and the filled-in request. Identical requests are asked once; a verdict whose call failed is asked again
 next time; a verdict that could not be parsed is kept (asking again gives the same reply at temperature 0).
 """
 
@@ -22,7 +22,7 @@ from orthoguard.judges.llm import LLMJudge
 
 log = logging.getLogger(__name__)
 
-JUDGED_FIELDS = ("refused", "score", "outcome", "judge_error", "judge_reply")
+JUDGED_FIELDS = ("refused", "harmful_reply", "score", "outcome", "judge_error", "judge_reply")
 
 
 def judge_records(records: list[dict], judge: Judge, cache_path: Path | None = None, concurrency: int = 8) -> list[dict]:
@@ -34,8 +34,8 @@ def judge_records(records: list[dict], judge: Judge, cache_path: Path | None = N
 
 
 async def ajudge_rows(rows: list[dict], judge: Judge, cache_path: Path | None = None, concurrency: int = 8) -> None:
-    """Add ``refused`` (True, False or None) to each row in place, and, when the verdict has them, ``score``,
-    ``outcome``, ``judge_error`` and the LLM judge's ``judge_reply``. A row whose reply never came (a non-empty
+    """Add ``refused`` (True, False or None) to each row in place, and, when the verdict has them,
+    ``harmful_reply``, ``score``, ``outcome``, ``judge_error`` and the LLM judge's ``judge_reply``. A row whose reply never came (a non-empty
     ``error``) gets ``refused = None`` and is not judged."""
     answered = [row for row in rows if not row.get("error")]
     for row in rows:
@@ -58,7 +58,8 @@ async def _judge_with_llm(rows: list[dict], judge: LLMJudge, cache_path: Path | 
 
     def save(index: int, verdict: Verdict, reply: str | None) -> None:
         key = todo[index][1]
-        entry = {"key": key, "refused": verdict.refused, "score": verdict.score, "error": verdict.error, "reply": reply}
+        entry = {"key": key, "refused": verdict.refused, "harmful_reply": verdict.harmful_reply, "score": verdict.score,
+                 "error": verdict.error, "reply": reply}
         if cache is not None:
             cache.append(entry)
         cached[(key,)] = entry
@@ -66,13 +67,14 @@ async def _judge_with_llm(rows: list[dict], judge: LLMJudge, cache_path: Path | 
     await judge.ajudge_many_with_replies(items, concurrency, on_verdict=save)
     for row, key in zip(rows, keys):
         entry = cached[(key,)]
-        _apply(row, Verdict(entry["refused"], entry.get("error"), entry.get("score")), entry.get("reply"))
+        _apply(row, Verdict(entry["refused"], entry.get("error"), entry.get("score"),
+                            harmful_reply=entry.get("harmful_reply")), entry.get("reply"))
 
 
 def request_key(judge: LLMJudge, row: dict) -> str:
     """A hash of everything that decides the verdict: endpoint, model, settings and the filled-in request."""
     messages = judge.messages(row["prompt"], strip_thinking(row["response"]), row.get("context"))
-    blob = json.dumps({"judge": judge.describe(), "messages": messages}, sort_keys=True)
+    blob = json.dumps({"judge": judge.describe(), "version": judge.version, "messages": messages}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -85,7 +87,7 @@ def _apply(row: dict, verdict: Verdict, reply: str | None = None) -> None:
     for key in JUDGED_FIELDS:
         row.pop(key, None)
     row["refused"] = verdict.refused
-    for key, value in (("score", verdict.score), ("outcome", verdict.outcome), ("judge_error", verdict.error),
-                       ("judge_reply", reply)):
+    for key, value in (("harmful_reply", verdict.harmful_reply), ("score", verdict.score), ("outcome", verdict.outcome),
+                       ("judge_error", verdict.error), ("judge_reply", reply)):
         if value is not None:
             row[key] = value

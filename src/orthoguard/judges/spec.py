@@ -55,6 +55,13 @@ class JudgeSpec(BaseModel):
         return str(getattr(JUDGES[self.name], "version", "1"))
 
     @property
+    def measures(self) -> frozenset[str]:
+        """``{"refusal"}``, ``{"harm"}`` or both: what the judge's verdicts say (``orthoguard.judges``)."""
+        from orthoguard.judges import JUDGES, measures
+
+        return measures(JUDGES[self.name])
+
+    @property
     def is_llm(self) -> bool:
         return self.endpoint is not None
 
