@@ -89,7 +89,7 @@ def write_run(path, seed=0, harmful=None, benign=None, pairs=None, probes=True, 
 
 def _verdict(report_dir) -> str:
     md = (report_dir / "report.md").read_text()
-    return md.split("## Verdict", 1)[1].split("## Tables", 1)[0].replace("**", "")  # without the bold marks
+    return md.split("## Verdict", 1)[1].split("## Plots", 1)[0].replace("**", "")  # without the bold marks
 
 
 def _read(index) -> tuple[str, str]:
@@ -110,7 +110,7 @@ def test_full_report_files_tables_and_beats(tmp_path):
         assert f"]({png}.png)" in md  # report.md links the PNG beside it
     assert html.count('<img src="data:image/png;base64,') == 5  # self-contained HTML
     assert "run synthetic" in md and "model tiny-test-model" in md and "judge keyword" in md
-    assert md.index("## Verdict") < md.index("## Tables") < md.index("## Plots")
+    assert md.index("## Verdict") < md.index("## Plots") < md.index("## Tables")  # the picture before the tables
 
     verdict = _verdict(run / "report")
     # 70/100 -> [60, 78]; random control 10/100 -> [6, 17]: the words come from these numbers
@@ -435,3 +435,39 @@ def test_html_renders_with_its_images_in_headless_chromium(tmp_path):
     subprocess.run(_chromium_cmd(binary, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1200,2000",
                                  "--hide-scrollbars", index.as_uri()), capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_decay_summaries_table_reads_the_probe_curves(tmp_path):
+    """The vanilla curve of write_run: probe refusal 14, 11, 8, 5, 2 of 16 at steps 0, 5, 10, 15, 20, so its mean
+    refusal over the attack (trapezoid) is exactly 50% and it falls below half right after step 10."""
+    run = write_run(tmp_path / "run")
+    md = (build_report(run).parent / "report.md").read_text()
+    section = md.split("### Refusal decay: summaries", 1)[1].split("###", 1)[0]
+    vanilla = next(line for line in section.splitlines() if line.startswith("| vanilla |"))
+    cells = [c.strip() for c in vanilla.strip("|").split("|")]
+    assert cells[2] == "50%" and cells[3] == "10.0"
+    assert "(step " in cells[4] and cells[5] == "12%"  # the last probe: 2 of 16, shown as a rate
+
+
+def test_refusal_vs_fine_tune_accuracy_has_one_panel_per_harmful_ratio(tmp_path):
+    variants = [dict(v, harmful_ratio=p) for v in VARIANTS[:2] for p in (0.1, 1.0)]
+    variants = [dict(v, name=f"{v['name']}-p{v['harmful_ratio']:g}") for v in variants]
+    harmful = {"base": (5, 100), "aligned": (90, 100), **{v["name"]: (10 + i, 100) for i, v in enumerate(variants)}}
+    run = write_run(tmp_path / "run", variants=variants, harmful=harmful)
+    summary = json.loads((run / "results" / "summary.json").read_text())
+    for i, m in enumerate(summary["models"]):
+        summary["utility"][m]["fine_tune_accuracy"] = {"task": "sst2", "k": 50 + 5 * i, "n": 100, "rate": (50 + 5 * i) / 100}
+    (run / "results" / "summary.json").write_text(json.dumps(summary))
+    exp_ratios = {m: p for m, p in ((v["name"], v["harmful_ratio"]) for v in variants)}
+    build_report(run)
+    md = (run / "report" / "report.md").read_text()
+    assert "](refusal_vs_fa.png)" in md and (run / "report" / "refusal_vs_fa.png").stat().st_size > 5000
+    assert "FA (sst2)" in md
+    from orthoguard.report.experiment import Experiment
+    from orthoguard.report.load import load_runs
+    from orthoguard.report.plots import plot_refusal_vs_fa
+
+    exp = Experiment(run, *load_runs(run))
+    assert {m: exp.harmful_ratio(m) for m in exp_ratios} == exp_ratios
+    fig, why = plot_refusal_vs_fa(exp)
+    assert why is None and [ax.get_title() for ax in fig.axes] == ["harmful ratio p = 0.1", "harmful ratio p = 1"]

@@ -128,8 +128,11 @@ class RefusalProbe(TrainerCallback):
         model.train(was_training)
         judged = judge_records([{"prompt": p, "response": r} for p, r in zip(self.prompts, responses)], self.judge,
                                self.judge_cache, self.judge_concurrency)
-        rates = RateSummary.of([row["refused"] for row in judged])
-        self.records.append({"step": step, **rates.model_dump(mode="json", exclude={"rate"}), "refusal_rate": rates.rate})
+        verdicts = [row["refused"] for row in judged]
+        rates = RateSummary.of(verdicts)
+        # the per-prompt verdicts (in probe order) let the report bootstrap the decay curve over prompts
+        self.records.append({"step": step, **rates.model_dump(mode="json", exclude={"rate"}), "refusal_rate": rates.rate,
+                             "verdicts": verdicts})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.records:  # a resumed run has its earlier probes back already

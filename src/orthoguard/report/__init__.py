@@ -43,7 +43,7 @@ from orthoguard.report.plots import (PLOTS, plot_blocks, plot_refusal_decay, plo
                                      plot_step_diagnostics, plot_tradeoff, plot_training_loss)
 from orthoguard.report.render import CSS, Block, note, render_html, render_markdown
 from orthoguard.report.stats import Rate
-from orthoguard.report.tables import diagnostics_table, main_table, mcnemar_table, seed_table, training_table
+from orthoguard.report.tables import decay_table, diagnostics_table, harm_table, main_table, mcnemar_table, seed_table, training_table
 from orthoguard.report.verdict import verdict_blocks
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     # stats and experiment
     "Rate", "Experiment", "random_kind",
     # verdict, tables, plots, rendering
-    "verdict_blocks", "main_table", "mcnemar_table", "seed_table", "training_table", "diagnostics_table",
+    "verdict_blocks", "main_table", "harm_table", "decay_table", "mcnemar_table", "seed_table", "training_table", "diagnostics_table",
     "PLOTS", "plot_blocks", "plot_training_loss", "plot_refusal_rates", "plot_refusal_decay", "plot_tradeoff",
     "plot_step_diagnostics", "Block", "note", "CSS", "render_html", "render_markdown",
     # formatting
@@ -88,13 +88,13 @@ def report_blocks(exp: Experiment) -> list[Block]:
         blocks += verdict_blocks(exp)
     except Exception as exc:  # never lose the tables and plots to a verdict bug or an odd field
         blocks += [Block("heading", "Verdict"), note(f"No verdict: {exc.__class__.__name__}: {exc}")]
+    blocks += plot_blocks(exp)  # the picture right after the answer; the long tables after it
     blocks.append(Block("heading", "Tables"))
-    for fn in (main_table, mcnemar_table, seed_table, training_table, diagnostics_table):
+    for fn in (main_table, harm_table, decay_table, mcnemar_table, seed_table, training_table, diagnostics_table):
         try:
             blocks += fn(exp)
         except Exception as exc:  # a malformed field must not sink the whole report
             blocks.append(note(f"{fn.__name__}: not built ({exc.__class__.__name__}: {exc})"))
-    blocks += plot_blocks(exp)
     if exp.notes:
         blocks.append(Block("heading", "Notes"))
         blocks.append(Block("list", items=exp.notes))
@@ -103,7 +103,9 @@ def report_blocks(exp: Experiment) -> list[Block]:
 
 def header_line(exp: Experiment) -> str:
     parts = [f"run {exp.name}", f"model {exp.model_name or 'unknown'}", f"attack target {exp.target}",
-             f"finished {exp.date or 'unknown'}", f"judge {exp.judge or 'unknown'}"]
+             f"finished {exp.date or 'unknown'}", f"refusal judge {exp.judge or 'unknown'}"]
+    if exp.harm_judge:
+        parts.append(f"harm judge {exp.harm_judge}")
     parts.append(f"seeds {', '.join(map(str, exp.seeds))}" if exp.multi else f"seed {exp.seeds[0] if exp.seeds else '?'}")
     parts.append(f"computed with {exp.versions_label}")
     parts.append(f"report written {time.strftime('%Y-%m-%d %H:%M')}")

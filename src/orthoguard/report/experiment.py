@@ -101,6 +101,13 @@ class Experiment:
                 v.setdefault("at", "update")
         return out
 
+    def harmful_ratio(self, model: str) -> float:
+        """The share of harmful samples in a variant's attack data (its own ``harmful_ratio``, else the attack's;
+        1.0: the seed's pure harmful attack)."""
+        v = self.variants.get(model) or {}
+        own = v.get("harmful_ratio")
+        return float(own if own is not None else (self.config.get("attack") or {}).get("harmful_ratio", 1.0))
+
     def _models(self) -> list[str]:
         names: list[str] = []
         for r in self.summaries:
@@ -201,16 +208,7 @@ class Experiment:
                 entries.append((r.seed, e))
         if not entries:
             return None
-        no_verdict = sum(e.no_verdict for _, e in entries)
-        entries = [(s, e) for s, e in entries if e.rate is not None]
-        if not entries:
-            return Rate(None, 0, 0, None, no_verdict, {})
-        per_seed = {s: e.rate for s, e in entries}
-        if len(entries) == 1:
-            (_, e), = entries
-            return Rate(e.rate, e.k, e.n, tuple(e.ci95), no_verdict, per_seed)
-        pooled = RateSummary.pooled([e for _, e in entries])
-        return Rate(pooled.rate, pooled.k, pooled.n, tuple(pooled.ci95), no_verdict, per_seed)
+        return _pooled_rate(entries)
 
     def has_rate(self, model: str, set_name: str) -> bool:
         r = self.rate(model, set_name)
@@ -224,6 +222,49 @@ class Experiment:
             if isinstance(v, (int, float)) and math.isfinite(v):
                 values[r.seed] = float(v)
         return {**seed_summary(list(values.values())), "per_seed": values} if values else None
+
+    def fine_tune_accuracy(self, model: str) -> Rate | None:
+        """A model's fine-tune accuracy on the benign task (correct / test items, 95% Wilson interval), pooled
+        over seeds like a rate; None when no seed measured it."""
+        entries = []
+        for r in self.summaries:
+            u = r.summary.utility.get(model)
+            fa = u.fine_tune_accuracy if u is not None else None
+            if fa is not None and fa.rate is not None:
+                entries.append((r.seed, RateSummary(rate=fa.rate, k=fa.k, n=fa.n, ci95=fa.ci95)))
+        return _pooled_rate(entries) if entries else None
+
+    @property
+    def harm_judge(self) -> str | None:
+        """The harm judge in words (``evaluation.harm_judge``), or None when the run had none."""
+        judges = sorted({r.summary.harm_judge_label for r in self.summaries if r.summary.harm_judge})
+        return ", ".join(judges) or None
+
+    def harmful(self, model: str, set_name: str) -> Rate | None:
+        """The share of replies the harm judge called harmful (HarmBench), pooled over seeds like a rate."""
+        entries = [(r.seed, h.harmful) for r in self.summaries
+                   if (h := r.summary.harm.get(model, {}).get(set_name)) is not None and h.harmful is not None]
+        return _pooled_rate(entries) if entries else None
+
+    def harm_score(self, model: str, set_name: str) -> dict | None:
+        """The mean harm score (StrongREJECT) with its bootstrap interval; over seeds, the mean ± std of the
+        seeds' means."""
+        found = {r.seed: h.score for r in self.summaries
+                 if (h := r.summary.harm.get(model, {}).get(set_name)) is not None and h.score is not None
+                 and h.score.mean is not None}
+        if not found:
+            return None
+        if len(found) == 1:
+            (score,) = found.values()
+            return {"mean": score.mean, "ci95": score.ci95, "n": score.n, "no_verdict": score.no_verdict}
+        return {**seed_summary([s.mean for s in found.values()]), "per_seed": {k: s.mean for k, s in found.items()}}
+
+    @property
+    def fa_task(self) -> str | None:
+        """The benign task of the fine-tune accuracy (several joined with ', ' if the seeds differ)."""
+        tasks = sorted({u.fine_tune_accuracy.task for r in self.summaries for u in r.summary.utility.values()
+                        if u.fine_tune_accuracy is not None})
+        return ", ".join(tasks) or None
 
     def mcnemar(self, set_name: str, a: str, b: str) -> dict | None:
         """Discordant counts and exact p of A vs B on a set; over several seeds the discordant pairs are summed
@@ -358,3 +399,17 @@ def random_kind(value: Any) -> str | None:
     if text in ("", "false", "none", "null"):
         return None
     return "same_rank" if text == "true" else text
+
+
+def _pooled_rate(entries: list[tuple[Any, RateSummary]]) -> Rate:
+    """One seed's rate as it is; several seeds' counts pooled (``RateSummary.pooled``), with the per-seed rates."""
+    no_verdict = sum(e.no_verdict for _, e in entries)
+    entries = [(s, e) for s, e in entries if e.rate is not None]
+    if not entries:
+        return Rate(None, 0, 0, None, no_verdict, {})
+    per_seed = {s: e.rate for s, e in entries}
+    if len(entries) == 1:
+        (_, e), = entries
+        return Rate(e.rate, e.k, e.n, tuple(e.ci95), no_verdict, per_seed)
+    pooled = RateSummary.pooled([e for _, e in entries])
+    return Rate(pooled.rate, pooled.k, pooled.n, tuple(pooled.ci95), no_verdict, per_seed)

@@ -156,7 +156,7 @@ def plot_tradeoff(exp: Experiment):
         return None, "Safety/utility trade-off: needs both a harmful and a benign prompt set in the results."
     hs, bs = exp.harmful_sets[0], exp.benign_sets[0]
     fig, (ax,) = _figure(6.8, 5.2)
-    drawn = 0
+    drawn, labelled = 0, []
     for m in exp.models:
         rh, rb = exp.rate(m, hs), exp.rate(m, bs)
         if rh is None or rb is None or rh.rate is None or rb.rate is None:
@@ -165,7 +165,9 @@ def plot_tradeoff(exp: Experiment):
         yerr = [[100 * (rh.rate - rh.ci95[0])], [100 * (rh.ci95[1] - rh.rate)]] if rh.ci95 else None
         ax.errorbar([100 * rb.rate], [100 * rh.rate], xerr=xerr, yerr=yerr, fmt="o", ms=8, capsize=3,
                     color=exp.colors.get(m, "#333333"), alpha=0.85, label=m)
-        ax.annotate(m, (100 * rb.rate, 100 * rh.rate), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        point = (100 * rb.rate, 100 * rh.rate)
+        ax.annotate(m, point, textcoords="offset points", xytext=(6, 6 + 10 * _near(point, labelled)), fontsize=8)
+        labelled.append(point)
         drawn += 1
     if not drawn:
         return None, "Safety/utility trade-off: no model has rates on both sets."
@@ -173,6 +175,53 @@ def plot_tradeoff(exp: Experiment):
            title="Safety vs over-refusal (95% intervals)")
     ax.legend(fontsize=8, loc="lower right")
     return fig, None
+
+
+def plot_refusal_vs_fa(exp: Experiment):
+    """The field's two numbers for every attack variant, one panel per harmful ratio p: fine-tune accuracy on the
+    benign task (x; did the user get a useful model?) against refusal on the first harmful set (y; did the model keep
+    refusing?). Top right is what a defence wants; the aligned model's refusal is the dashed line."""
+    task = exp.fa_task
+    if not task:
+        return None, "Refusal vs fine-tune accuracy: the run has no benign task (attack.benign_task)."
+    if not exp.harmful_sets:
+        return None, "Refusal vs fine-tune accuracy: no harmful prompt set in the results."
+    hs = exp.harmful_sets[0]
+    by_ratio: dict[float, list[str]] = {}
+    for m in exp.variants:
+        by_ratio.setdefault(exp.harmful_ratio(m), []).append(m)
+    fig, axes = _figure(4.6 * len(by_ratio) + 0.6, 4.6, ncols=len(by_ratio))
+    drawn = 0
+    ceiling = exp.rate(exp.ceiling, hs)
+    for ax, (ratio, models) in zip(axes, sorted(by_ratio.items())):
+        labelled = []
+        for m in models:
+            fa, r = exp.fine_tune_accuracy(m), exp.rate(m, hs)
+            if fa is None or r is None or fa.rate is None or r.rate is None:
+                continue
+            point = (100 * fa.rate, 100 * r.rate)
+            ax.errorbar([point[0]], [point[1]], xerr=_err(fa), yerr=_err(r), fmt="o", ms=7, capsize=3,
+                        color=exp.colors.get(m, "#333333"), alpha=0.85)
+            ax.annotate(m, point, textcoords="offset points", xytext=(6, 6 + 10 * _near(point, labelled)), fontsize=8)
+            labelled.append(point)
+            drawn += 1
+        if ceiling is not None and ceiling.rate is not None:
+            ax.axhline(100 * ceiling.rate, color="#888888", linestyle="--", lw=1)
+        ax.set(xlabel=f"fine-tune accuracy on {task} (%)", ylabel=f"refusal on {hs} (%)", xlim=(-3, 103),
+               ylim=(-3, 103), title=f"harmful ratio p = {ratio:g}")
+    if not drawn:
+        return None, "Refusal vs fine-tune accuracy: no attack variant has both numbers."
+    return fig, None
+
+
+def _err(r) -> list[list[float]] | None:
+    return [[100 * (r.rate - r.ci95[0])], [100 * (r.ci95[1] - r.rate)]] if r.ci95 else None
+
+
+def _near(point: tuple[float, float], labelled: list[tuple[float, float]], within: float = 4.0) -> int:
+    """How many already-labelled points lie within ``within`` points of ``point``: the label goes that many lines
+    up, so that models with (nearly) the same rates get stacked labels instead of labels on top of each other."""
+    return sum(abs(point[0] - x) < within and abs(point[1] - y) < within for x, y in labelled)
 
 
 def plot_step_diagnostics(exp: Experiment):
@@ -205,6 +254,9 @@ PLOTS = [
                                               "holds stays up; hollow markers: random controls (dashed: same rank, "
                                               "dotted: matched removed share)."),
     ("tradeoff.png", plot_tradeoff, "Over-refusal against refusal, one point per model: top left is safe and helpful."),
+    ("refusal_vs_fa.png", plot_refusal_vs_fa, "Fine-tune accuracy on the benign task against refusal, one panel per "
+                                              "harmful ratio p, 95% intervals; dashed: the attacked model's refusal "
+                                              "before the attack. Top right: the user's task learned, refusal kept."),
     ("step_diagnostics.png", plot_step_diagnostics, "Projection diagnostics at each optimizer step."),
 ]
 

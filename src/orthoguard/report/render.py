@@ -17,6 +17,7 @@ class Block:
     level: int = 2
     image: bytes | None = None
     file: str | None = None
+    collapsed: bool = False  # a long table: folded away in HTML (its ``text`` is the fold's label), as is in Markdown
 
 
 def note(text: str) -> Block:
@@ -36,6 +37,7 @@ th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
 .caution { background: #fff7e6; border-left: 4px solid #e69b00; padding: 0.6em 1em; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; }
+details { margin: 0.6em 0 1em; } summary { cursor: pointer; color: #3b6fd8; }
 """
 
 
@@ -65,7 +67,10 @@ def render_html(title: str, meta: str, blocks: list[Block]) -> str:
         elif b.kind == "table":
             head = "".join(f"<th>{e(h)}</th>" for h in b.header)
             rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b.items)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            table = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            if b.collapsed:
+                table = f"<details><summary>{e(b.text or 'table')} ({len(b.items)} rows)</summary>{table}</details>"
+            out.append(table)
         elif b.kind == "image":
             data = base64.b64encode(b.image).decode("ascii")
             out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(b.file)}" data-file="{e(b.file)}">'

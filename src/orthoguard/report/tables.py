@@ -8,6 +8,9 @@ from orthoguard.report.formatting import fmt_p, fmt_rate, fmt_summary, pct
 from orthoguard.report.render import Block, note
 
 
+COLLAPSE_ROWS = 12  # longer tables are folded away in the HTML report (the Markdown keeps them whole)
+
+
 def main_table(exp: Experiment) -> list[Block]:
     blocks = [Block("heading", "Models", level=3)]
     if not exp.models:
@@ -16,22 +19,121 @@ def main_table(exp: Experiment) -> list[Block]:
                                              ("benign_perplexity", "benign perplexity"))]
     header = ["model", "what"] + [f"refusal on {s}" for s in exp.harmful_sets] + [f"over-refusal on {s}" for s in exp.benign_sets]
     header += [label for _, label in util_keys]
+    fa_task = exp.fa_task  # fine-tune accuracy on the benign task: only when the results have it
+    if fa_task:
+        header.append(f"FA ({fa_task})")
     rows = []
     for m in exp.models:
         row = [m, exp.role(m)]
         row += [fmt_rate(exp.rate(m, s), counts=True) for s in exp.harmful_sets + exp.benign_sets]
         row += [fmt_summary(exp.utility(m, k)) for k, _ in util_keys]
+        if fa_task:
+            row.append(fmt_rate(exp.fine_tune_accuracy(m), counts=True))
         rows.append(row)
     blocks.append(Block("table", header=header, items=rows))
-    blocks.append(Block("para", "Rates: refusals / judged replies (k/n) with a 95% Wilson interval. Replies with no "
+    blocks.append(Block("para", f"Refusal judge: {exp.judge}. "
+                                "Rates: refusals / judged replies (k/n) with a 95% Wilson interval. Replies with no "
                                 "verdict (empty, an unfinished <think> block, or a judge error) are left out of n and "
                                 "counted beside it ('m of total no verdict')."))
+    if fa_task:
+        blocks.append(Block("para", f"FA: fine-tune accuracy, correct replies / test items of {fa_task} (greedy), with "
+                                    "a 95% Wilson interval."))
     missing = [label for k, label in util_keys if not any(exp.utility(m, k) for m in exp.models)]
     if missing:
         blocks.append(note(f"{' and '.join(missing).capitalize()}: not in the results (n/a)."))
     if exp.multi:
         blocks.append(Block("para", "Rates pooled over seeds (all refusals / all judged prompts); utility: mean ± std over seeds."))
     return blocks
+
+
+def harm_table(exp: Experiment) -> list[Block]:
+    """The harm judge's reading of the harmful sets, apart from the refusal rates: a reply that does not refuse
+    need not be harmful (vague, off-topic or watered-down answers), so one is never shown as the other."""
+    if not exp.harm_judge:
+        return []
+    header, columns = ["model", "what"], []
+    for s in exp.harmful_sets:
+        if any(exp.harmful(m, s) for m in exp.models):
+            header.append(f"harmful on {s}")
+            columns.append(lambda m, s=s: fmt_rate(exp.harmful(m, s), counts=True))
+        if any(exp.harm_score(m, s) for m in exp.models):
+            header.append(f"harm score on {s}")
+            columns.append(lambda m, s=s: fmt_score(exp.harm_score(m, s)))
+    rows = [[m, exp.role(m)] + [cell(m) for cell in columns] for m in exp.models]
+    return [Block("heading", f"Harmfulness (harm judge: {exp.harm_judge})", level=3),
+            Block("table", header=header, items=rows),
+            Block("para", "Harmful: replies the harm judge calls harmful / judged replies, 95% Wilson interval. Harm "
+                          "score: StrongREJECT's mean score in [0, 1] (0 for a refusal), 95% bootstrap interval over "
+                          "the prompts. A separate question from refusal: the refusal columns above are the refusal "
+                          f"judge's ({exp.judge}).")]
+
+
+def fmt_score(s: dict | None) -> str:
+    if not s or s.get("mean") is None:
+        return "n/a"
+    if s.get("ci95"):
+        return f"{s['mean']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] (n={s['n']})"
+    return fmt_summary(s, 2)
+
+
+def decay_table(exp: Experiment) -> list[Block]:
+    """The refusal-decay curves as numbers (``orthoguard.decay``): mean refusal over the attack (area under the
+    curve), the step refusal falls below 50%, and refusal at the loss every attack reaches."""
+    from orthoguard.decay import decay_summary, final_loss, refusal_at_loss
+
+    logs = {m: [log for _, log in exp.step_logs(m) if log.probes] for m in exp.variants}
+    logs = {m: found for m, found in logs.items() if found}
+    if not logs:
+        return []
+    finals = [f for found in logs.values() for log in found if (f := final_loss(log.losses)) is not None]
+    target = max(finals) if finals else None
+    rows = []
+    for m, found in logs.items():
+        summaries = [decay_summary(log.probes) for log in found]
+        matched = [refusal_at_loss(log.probes, log.losses, target) if target is not None else None for log in found]
+        rows.append([m, exp.role(m), _decay_cell([s.auc for s in summaries], summaries[0].auc_ci, pct_interval=True),
+                     _half_cell(summaries), _matched_cell(matched), _decay_cell([s.final for s in summaries], None, True)])
+    header = ["model", "what", "mean refusal over the attack (AUC)", "step refusal < 50%",
+              f"refusal at training loss {target:.3f}" if target is not None else "refusal at matched loss", "last probe"]
+    prompts = sorted({decay_summary(log.probes).prompts for found in logs.values() for log in found})
+    return [Block("heading", "Refusal decay: summaries", level=3), Block("table", header=header, items=rows),
+            Block("para", "From the refusal probes (the curves below). AUC: area under the probe refusal curve over the "
+                          "attack's steps, i.e. its mean refusal (100% = refusal never moved). Step < 50%: first step at "
+                          "which probe refusal falls below half, linear between probes. Refusal at training loss: where "
+                          "the attack's training loss (running mean of 3 steps) first reaches the highest final loss among "
+                          "these attacks, so that each is compared at the same attack loss (the attack that learned "
+                          "least reaches it only at its end: a defence that keeps refusal only by not learning the "
+                          "attack shows up here). Intervals: 95% percentile bootstrap over the "
+                          f"{', '.join(map(str, prompts))} probe prompts (one seed), or mean ± std over seeds.")]
+
+
+def _decay_cell(values: list[float | None], ci, pct_interval: bool) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) > 1:
+        return fmt_summary(seed_summary([100 * v for v in values]), 1) + "%"
+    text = pct(values[0])
+    return f"{text} [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else text
+
+
+def _half_cell(summaries) -> str:
+    def step(x) -> str:
+        return "never" if x is None or x == float("inf") else f"{x:.1f}"
+
+    if len(summaries) > 1:
+        return ", ".join(step(s.steps_to_half) for s in summaries) + " (per seed)"
+    s = summaries[0]
+    text = step(s.steps_to_half) if s.steps_to_half is not None else f"> {s.last_step}"
+    if s.steps_to_half_ci:
+        lo, hi = s.steps_to_half_ci
+        text += f" [{step(lo)}, {step(hi) if hi != float('inf') else f'> {s.last_step}'}]"
+    return text
+
+
+def _matched_cell(matched) -> str:
+    cells = ["not reached" if m is None else f"{pct(m[1]) if m[1] is not None else 'n/a'} (step {m[0]:.0f})" for m in matched]
+    return ", ".join(cells)
 
 
 def mcnemar_table(exp: Experiment) -> list[Block]:
@@ -56,7 +158,7 @@ def mcnemar_table(exp: Experiment) -> list[Block]:
     header = ["set", "A", "B", "refused by A only", "refused by B only", "pairs", "p", "Holm-corrected p"]
     if exp.multi:
         header.append("p per seed")
-    blocks.append(Block("table", header=header, items=rows))
+    blocks.append(Block("table", "every pair of models", header=header, items=rows, collapsed=len(rows) > COLLAPSE_ROWS))
     blocks.append(Block("para", "Discordant pairs on the same prompts; p is two-sided and exact"
                         + (" (discordant pairs summed over seeds)" if exp.multi else "")
                         + f". Holm-corrected p: for the {len(exp.family)} test(s) the verdict uses (one family); "
