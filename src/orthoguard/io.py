@@ -87,6 +87,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock held for the block, on the lock file ``path`` (created if absent): several processes
+    (``orthoguard run --jobs N``, SLURM jobs on a shared file system) that read-modify-write one file take it
+    first. ``fcntl.flock``; where it is missing (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:
     """Create ``path`` (and its parents) if absent and check that files can be written in it.
 
@@ -212,13 +232,15 @@ class JsonlCache:
 
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._tail_checked:
-            self._drop_partial_last_line()
-            self._tail_checked = True
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        # several stage processes may append to one cache (``run --jobs N``): one writer at a time
+        with file_lock(self.path.with_name(f".{self.path.name}.lock")):
+            if not self._tail_checked:
+                self._drop_partial_last_line()
+                self._tail_checked = True
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
 
     def _drop_partial_last_line(self) -> None:
         """Cut a line that an earlier run was killed while writing, so that new rows start on a line of their own."""

@@ -24,7 +24,7 @@ from orthoguard import data as D
 from orthoguard import distributed
 from orthoguard.config import ExperimentConfig, dump_config
 from orthoguard.errors import ConfigError, OrthoguardError
-from orthoguard.io import check_writable_dir, fingerprint, write_text
+from orthoguard.io import check_writable_dir, file_lock, fingerprint, write_text
 from orthoguard.hardware import configure_threads
 from orthoguard.models import resolve_precision
 from orthoguard.provenance import versions
@@ -146,7 +146,7 @@ class Run:
         _run_on_ranks(fn, every_rank=name.split(":")[0] in TRAINING_STAGES)
         self.running = None
         if distributed.is_main():
-            self.stages[name] = {
+            self._record(name, {
                 "key": key,
                 "config": config_hash,
                 "inputs": input_prints,
@@ -154,9 +154,20 @@ class Run:
                 "seconds": round(time.perf_counter() - start, 1),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "versions": versions(),
-            }
-            StageRecords.parse(self.stages, self.stages_path).write(self.stages_path)
+            })
         return "ran"
+
+    def _record(self, name: str, record: dict) -> None:
+        """Write stage ``name``'s record into ``stages.json``. Several processes may finish stages of one run at
+        once (``orthoguard run --jobs N``, SLURM jobs): under a lock, the file is read again and only this stage's
+        record is replaced, so no process drops another's; the write itself is atomic (temp file + rename), so a
+        process killed mid-stage leaves no record of that stage and it reruns."""
+        with file_lock(self.root / ".stages.json.lock"):
+            current = StageRecords.read(self.stages_path).model_dump(mode="json", exclude_none=True) \
+                if self.stages_path.is_file() else {}
+            current[name] = record
+            StageRecords.parse(current, self.stages_path).write(self.stages_path)
+            self.stages = current
 
     def _label(self, path: Path) -> str:
         """How stages.json names a file: relative to the run directory when inside it, so a moved or copied run
@@ -229,15 +240,18 @@ def run_pipeline(
     force: bool = False,
     only: set[str] | None = None,
     paths: dict[str, str | Path] | None = None,
+    exact: bool = False,
 ) -> Run:
-    """Run every stage in order (or only those named in ``only``: "data", "attack:vanilla", "attack", …)."""
+    """Run every stage in order (or only those named in ``only``: "data", "attack:vanilla", "attack", …; with
+    ``exact``, a kind such as "attack" names no variant: the stage workers of ``orthoguard.parallel``)."""
     distributed.init(cpu=resolve_precision(cfg.model.dtype).device == "cpu")
     configure_threads(cfg.threads)
     run = Run(cfg, output_dir, paths)
     check_writable_dir(run.root, "run directory")
     preflight(run)
     steps = planned_stages(cfg)
-    selected = {name for name, _, _ in steps if only is None or name in only or name.split(":")[0] in only}
+    selected = {name for name, _, _ in steps
+                if only is None or name in only or (not exact and name.split(":")[0] in only)}
     if only is not None and not paths:  # the seed's step commands name their inputs' files themselves
         _refuse_stale_upstream(run, steps, selected)
     run.root.mkdir(parents=True, exist_ok=True)
