@@ -471,3 +471,26 @@ def test_refusal_vs_fine_tune_accuracy_has_one_panel_per_harmful_ratio(tmp_path)
     assert {m: exp.harmful_ratio(m) for m in exp_ratios} == exp_ratios
     fig, why = plot_refusal_vs_fa(exp)
     assert why is None and [ax.get_title() for ax in fig.axes] == ["harmful ratio p = 0.1", "harmful ratio p = 1"]
+
+
+def test_each_defence_is_compared_with_the_undefended_attack_of_its_own_harmful_ratio(tmp_path):
+    variants = [{"name": f"{v['name']}-p{p:g}", **{k: x for k, x in v.items() if k != "name"}, "harmful_ratio": p}
+                for p in (0.1, 1.0) for v in VARIANTS[:3]]
+    harmful = {"base": (5, 100), "aligned": (90, 100), "vanilla-p0.1": (60, 100), "subspace-p0.1": (62, 100),
+               "subspace-random-p0.1": (61, 100), "vanilla-p1": (10, 100), "subspace-p1": (70, 100),
+               "subspace-random-p1": (12, 100)}
+    pairs = {("subspace-p1", "vanilla-p1"): (60, 0), ("subspace-p0.1", "vanilla-p0.1"): (3, 1)}
+    run = write_run(tmp_path / "run", variants=variants, harmful=harmful, pairs=pairs)
+    from orthoguard.report.experiment import Experiment
+    from orthoguard.report.load import load_runs
+
+    exp = Experiment(run, *load_runs(run))
+    assert exp.vanilla_of("subspace-p0.1") == "vanilla-p0.1" and exp.vanilla_of("subspace-random-p1") == "vanilla-p1"
+    assert [(v, d) for v, d in exp.attack_groups()] == [("vanilla-p0.1", ["subspace-p0.1"]), ("vanilla-p1", ["subspace-p1"])]
+    assert ("harmfulqa-test", "subspace-p1", "vanilla-p1", "vanilla") in exp.verdict_pairs()
+    assert not any(a == "subspace-p1" and b == "vanilla-p0.1" for _, a, b, _ in exp.verdict_pairs())
+    build_report(run)
+    verdict = _verdict(run / "report")
+    assert "Attack condition: harmful ratio p = 0.1 (undefended attack: vanilla-p0.1)" in verdict
+    assert "Attack condition: harmful ratio p = 1 (undefended attack: vanilla-p1)" in verdict
+    assert "vs vanilla-p1 10%" in verdict and "vs vanilla-p0.1 60%" in verdict

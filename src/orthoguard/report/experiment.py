@@ -135,6 +135,40 @@ class Experiment:
         vanillas = [m for m, v in self.variants.items() if _undefended(v["mode"]) and m in self.models]
         return "vanilla" if "vanilla" in vanillas else (vanillas[0] if vanillas else None)
 
+    def condition(self, model: str) -> tuple:
+        """What the attack trained on and how hard: (harmful ratio, the variant's training overrides)."""
+        v = self.variants.get(model) or {}
+        overrides = tuple(sorted((k, str(val)) for k, val in (v.get("training") or {}).items()))
+        return self.harmful_ratio(model), overrides
+
+    def condition_words(self, model: str) -> str:
+        ratio, overrides = self.condition(model)
+        return ", ".join([f"harmful ratio p = {ratio:g}"] + [f"{k} {val}" for k, val in overrides])
+
+    def vanilla_of(self, model: str) -> str | None:
+        """The undefended attack a defence is compared with: the one with the same harmful ratio and training
+        overrides, else the same harmful ratio (the seed's configs train vanilla longer than the defence), else,
+        where the run has a single harmful ratio, ``vanilla``."""
+        undefended = [m for m, v in self.variants.items() if _undefended(v["mode"]) and m in self.models]
+        for same in (lambda m: self.condition(m) == self.condition(model),
+                     lambda m: self.harmful_ratio(m) == self.harmful_ratio(model)):
+            found = [m for m in undefended if same(m)]
+            if found:
+                return "vanilla" if "vanilla" in found else found[0]
+        return self.vanilla if len({self.harmful_ratio(m) for m in self.variants}) <= 1 else None
+
+    def attack_groups(self) -> list[tuple[str | None, list[str]]]:
+        """(undefended attack, the defences compared with it), in config order: one group per attack condition."""
+        groups: dict[str | None, list[str]] = {}
+        for m, v in self.variants.items():
+            if _undefended(v["mode"]) and m in self.models:
+                groups.setdefault(m, [])
+        for name in self.defended:
+            groups.setdefault(self.vanilla_of(name), []).append(name)
+        if not groups:
+            groups[None] = []
+        return list(groups.items())
+
     @property
     def defended(self) -> list[str]:
         return [m for m, v in self.variants.items() if not _undefended(v["mode"]) and not v["random"] and m in self.models]
@@ -303,12 +337,13 @@ class Experiment:
         vs the ceiling), 'vanilla' (a defence vs vanilla), 'same_rank' / 'matched' (a defence vs that control)."""
         pairs = []
         for set_name in self.harmful_sets:
-            if self.vanilla:
-                pairs.append((set_name, self.vanilla, self.ceiling, "attack"))
-            for name in self.defended:
-                if self.vanilla:
-                    pairs.append((set_name, name, self.vanilla, "vanilla"))
-                pairs += [(set_name, name, control, kind) for kind, control in self.controls.get(name, {}).items()]
+            for vanilla, defences in self.attack_groups():
+                if vanilla:
+                    pairs.append((set_name, vanilla, self.ceiling, "attack"))
+                for name in defences:
+                    if vanilla:
+                        pairs.append((set_name, name, vanilla, "vanilla"))
+                    pairs += [(set_name, name, control, kind) for kind, control in self.controls.get(name, {}).items()]
         return pairs
 
     @cached_property

@@ -103,8 +103,17 @@ def decay_table(exp: Experiment) -> list[Block]:
                           "the attack's training loss (running mean of 3 steps) first reaches the highest final loss among "
                           "these attacks, so that each is compared at the same attack loss (the attack that learned "
                           "least reaches it only at its end: a defence that keeps refusal only by not learning the "
-                          "attack shows up here). Intervals: 95% percentile bootstrap over the "
-                          f"{', '.join(map(str, prompts))} probe prompts (one seed), or mean ± std over seeds.")]
+                          "attack shows up here). " + _interval_words(prompts, multi=exp.multi))]
+
+
+def _interval_words(prompts: list[int], multi: bool) -> str:
+    if multi:
+        return "Over seeds: mean ± std of the seeds' values."
+    counted = [p for p in prompts if p]
+    if not counted:
+        return ("No intervals: the probe logs have no per-prompt verdicts (they were written before 2026-12-02; "
+                "rerun the attacks to get them).")
+    return f"Intervals: 95% percentile bootstrap over the {', '.join(map(str, counted))} probe prompts."
 
 
 def _decay_cell(values: list[float | None], ci, pct_interval: bool) -> str:

@@ -116,9 +116,9 @@ def _reasons(c: dict) -> str:
     return ", ".join(reasons)
 
 
-def _attack_lines(exp: Experiment, set_name: str, wide: list[str]) -> tuple[list[str], bool | None]:
-    """The ceiling, the base model, and whether the undefended attack removes refusal (None: unknown)."""
-    ceiling, vanilla = exp.ceiling, exp.vanilla
+def _ceiling_lines(exp: Experiment, set_name: str, wide: list[str]) -> list[str]:
+    """The ceiling (or that it is a failed set-up) and the base model."""
+    ceiling = exp.ceiling
     lines = []
     if exp.has_rate(ceiling, set_name):
         what = "the base model (the attack fine-tunes it)" if ceiling == "base" else "the aligned model (base + refusal LoRA)"
@@ -127,13 +127,21 @@ def _attack_lines(exp: Experiment, set_name: str, wide: list[str]) -> tuple[list
                          f"{_rate_words(exp, ceiling, set_name, wide)}. There is little refusal for an attack to remove "
                          f"or a defence to keep (below {100 * FAILED_SETUP_BELOW:.0f}%), so the comparisons on "
                          f"{set_name} say nothing about defences; make the model refuse first (refusal training).")
-            return lines, None
+            return lines
         lines.append(f"Before the attack, {what} refuses {_rate_words(exp, ceiling, set_name, wide)}: "
                      f"the ceiling a defense can keep.")
     else:
         lines.append(f"The {ceiling} model has no rate on {set_name}: no ceiling to compare with.")
     if ceiling != "base" and exp.has_rate("base", set_name):
         lines.append(f"The base model refuses {_rate_words(exp, 'base', set_name, wide)}.")
+    return lines
+
+
+def _attack_lines(exp: Experiment, set_name: str, wide: list[str], vanilla: str | None) -> tuple[list[str], bool | None]:
+    """Whether the undefended attack ``vanilla`` removes refusal (None: unknown)."""
+    ceiling, lines = exp.ceiling, []
+    if _failed_setup(exp, set_name):
+        return lines, None
     if vanilla is None:
         lines.append("There is no undefended (vanilla) attack variant, so no defense can be compared with it.")
         return lines, None
@@ -180,12 +188,14 @@ def _control_parts(exp: Experiment, name: str, set_name: str, wide: list[str], o
     return parts
 
 
-def _defence_line(exp: Experiment, name: str, set_name: str, wide: list[str]) -> tuple[str, dict | None]:
-    """One defended variant on a set, and its outcomes: {'vanilla' / kind: outcome} (None: no rate)."""
+def _defence_line(exp: Experiment, name: str, set_name: str, wide: list[str], vanilla: str | None
+                  ) -> tuple[str, dict | None]:
+    """One defended variant on a set against ``vanilla``, and its outcomes: {'vanilla' / kind: outcome} (None: no
+    rate)."""
     r = exp.rate(name, set_name)
     if r is None or r.rate is None:
         return f"{name} ({exp.role(name)}): no rate on {set_name}.", None
-    vanilla, outcomes = exp.vanilla, {}
+    outcomes = {}
     parts = [f"**{name}** ({exp.role(name)}) keeps {_rate_words(exp, name, set_name, wide)}"]
     c = exp.compare(name, vanilla, set_name) if vanilla is not None else None
     if c is not None:
@@ -206,14 +216,29 @@ def _failed_setup(exp: Experiment, set_name: str) -> bool:
 
 
 def _verdict_for_set(exp: Experiment, set_name: str, wide: list[str]) -> list[Block]:
-    lines, attack_works = _attack_lines(exp, set_name, wide)
-    blocks = [Block("list", items=lines)]
-    if not exp.defended:
-        blocks.append(note("No defended attack variant (orthogonal or regularized, not random) in this run."))
+    """The ceiling, then for each attack condition (its undefended attack and the defences compared with it) the
+    attack's effect, each defence's comparisons and the answer."""
+    blocks = [Block("list", items=_ceiling_lines(exp, set_name, wide))]
+    groups = exp.attack_groups()
+    for vanilla, defences in groups:
+        if len(groups) > 1:
+            blocks.append(Block("para", f"**Attack condition: {exp.condition_words(vanilla or defences[0])}** "
+                                        f"(undefended attack: {vanilla or 'none'})."))
+        blocks += _verdict_for_group(exp, set_name, wide, vanilla, defences)
+    return blocks
+
+
+def _verdict_for_group(exp: Experiment, set_name: str, wide: list[str], vanilla: str | None,
+                       defences: list[str]) -> list[Block]:
+    lines, attack_works = _attack_lines(exp, set_name, wide, vanilla)
+    blocks = [Block("list", items=lines)] if lines else []
+    if not defences:
+        blocks.append(note("No defended attack variant (a defence mode, not random) in this run." if not exp.defended
+                           else f"No defence in this run is compared with {vanilla}."))
         return blocks
     items, results = [], {}
-    for name in exp.defended:
-        line, outcomes = _defence_line(exp, name, set_name, wide)
+    for name in defences:
+        line, outcomes = _defence_line(exp, name, set_name, wide, vanilla)
         items.append(line)
         if outcomes is not None:
             results[name] = outcomes
@@ -222,7 +247,7 @@ def _verdict_for_set(exp: Experiment, set_name: str, wide: list[str]) -> list[Bl
         blocks.append(Block("verdict", f"No answer on {set_name}: a failed set-up (the model the attack starts from "
                                        "does not refuse), not evidence for or against any defence.", level=1))
     else:
-        blocks.append(Block("verdict", " ".join(_answer_words(exp, set_name, results, attack_works))))
+        blocks.append(Block("verdict", " ".join(_answer_words(exp, set_name, results, attack_works, vanilla))))
     return blocks
 
 
@@ -230,9 +255,10 @@ def _protects(outcomes: dict) -> bool:
     return all(outcomes.get(k) == "beats" for k in ("vanilla",) + CONTROL_KINDS)
 
 
-def _answer_words(exp: Experiment, set_name: str, results: dict[str, dict], attack_works: bool | None) -> list[str]:
+def _answer_words(exp: Experiment, set_name: str, results: dict[str, dict], attack_works: bool | None,
+                  vanilla: str | None) -> list[str]:
     """The answer to the hypothesis on one set, from the corrected decisions."""
-    vanilla = exp.vanilla or "the undefended attack"
+    vanilla = vanilla or "the undefended attack"
     protecting = [name for name, o in results.items() if _protects(o)]
     if protecting:
         one = len(protecting) == 1
@@ -258,7 +284,7 @@ def _control_count_words(exp: Experiment, set_name: str, results: dict[str, dict
     tested = [name for name, o in results.items() if kind in o]
     beat = [name for name in tested if results[name][kind] == "beats"]
     if beat:
-        n = len(exp.defended)
+        n = len(results)
         return f"{len(beat)} of {n} defended variant(s) beat their {label} on {set_name}: {', '.join(beat)}."
     if tested:
         return f"No defended variant beats its {label} on {set_name} ({', '.join(tested)} tested)."
