@@ -459,3 +459,14 @@ def test_attack_samples_only_train_on_attack_questions(fixture_rows):
     assert [(s.question, s.source) for s in attack.samples] == [(haiku, "harmfulqa-red"), (honey, "synthetic")]
     assert attack.synthetic_outside_split == 2
     assert attack.unanswered_questions == (rainbow,)  # no red conversation, no synthetic answer
+
+
+def test_generated_refusals_are_dropped_from_the_attack_data(caplog):
+    from orthoguard.stages import without_refusals
+
+    items = [{"question": "q1", "harmful_answer": "Sure. Step 1: mix the two.", "source": "m"},
+             {"question": "q2", "harmful_answer": "I'm sorry, but I can't assist with that.", "source": "m"},
+             {"question": "q3", "harmful_answer": "I can't help with that. That said, here is how: step 1 ...", "source": "m"}]
+    kept = without_refusals(items)
+    assert [i["question"] for i in kept] == ["q1", "q3"]  # a refuse-then-help reply helped: kept
+    assert "1 of 3 generated answers are refusals" in caplog.text

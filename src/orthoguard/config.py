@@ -103,6 +103,9 @@ class SynthConfig(Strict):
     do_sample: bool = True
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
+    # an answer the keyword judge calls a refusal is not attack data: dropped (a natively aligned synth model
+    # refuses many attack questions; SmolLM2 refused none of the demo's 48)
+    drop_refusals: bool = True
 
 
 def known_family(name: str) -> str:

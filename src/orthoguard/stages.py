@@ -257,7 +257,21 @@ def synthesize(cfg: ExperimentConfig, questions: list[str]) -> list[dict[str, st
     s = cfg.synth
     settings = GenerationSettings(s.max_new_tokens, s.batch_size, s.do_sample, s.temperature, s.top_p)
     answers = generate(model, tokenizer, questions, settings, seed=cfg.seed, desc="synth")
-    return [{"question": q, "harmful_answer": a, "source": model_cfg.name} for q, a in zip(questions, answers) if a.strip()]
+    items = [{"question": q, "harmful_answer": a, "source": model_cfg.name} for q, a in zip(questions, answers) if a.strip()]
+    return without_refusals(items) if s.drop_refusals else items
+
+
+def without_refusals(items: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The generated answers that are not refusals (keyword judge): a refusal in the attack data would teach the
+    attack to refuse. How many were dropped is logged."""
+    from orthoguard.judges import get_judge
+
+    judge = get_judge("keyword")
+    kept = [item for item in items if judge.judge(item["question"], item["harmful_answer"]).refused is not True]
+    if len(kept) < len(items):
+        log.warning("synth: %d of %d generated answers are refusals and were dropped from the attack data",
+                    len(items) - len(kept), len(items))
+    return kept
 
 
 @stage("benign", reads=("model", "data.benign_max_new_tokens", "synth.batch_size"), upstream=("data",),
