@@ -97,13 +97,18 @@ def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], promp
     model, tokenizer, _ = load_with_adapters(cfg.model, adapters)
     e = cfg.evaluation
     settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p, dtype=e.dtype)
-    out = {}
+    # every set's prompts in one generation pass: fuller length-sorted batches (on a 2-core CPU a batch of 128
+    # generated ~1.5x the tokens/s of a batch of 32) and one merged copy of the model per evaluated model
+    prompts = [p for ps in prompt_sets for p in ps.prompts]
+    if e.backend == "vllm":
+        responses = generate_vllm_merged(model, tokenizer, prompts, settings, cfg.seed)
+    else:
+        responses = generate(model, tokenizer, prompts, settings, seed=cfg.seed, desc=name)
+    out, start = {}, 0
     for ps in prompt_sets:
-        if e.backend == "vllm":
-            responses = generate_vllm_merged(model, tokenizer, ps.prompts, settings, cfg.seed)
-        else:
-            responses = generate(model, tokenizer, ps.prompts, settings, seed=cfg.seed, desc=f"{name}/{ps.name}")
-        out[ps.name] = judge_records([{**r, "response": resp} for r, resp in zip(ps.records(), responses)], judge,
+        replies = responses[start:start + len(ps.prompts)]
+        start += len(ps.prompts)
+        out[ps.name] = judge_records([{**r, "response": resp} for r, resp in zip(ps.records(), replies)], judge,
                                      judge_cache, e.judge.concurrency)
     util = {}
     if utility is not None:
