@@ -45,6 +45,7 @@ from orthoguard.report.render import CSS, Block, note, render_html, render_markd
 from orthoguard.report.stats import Rate
 from orthoguard.report.tables import decay_table, diagnostics_table, harm_table, main_table, mcnemar_table, seed_table, training_table
 from orthoguard.report.verdict import verdict_blocks
+from orthoguard.report.worst_case import worst_case_table
 
 __all__ = [
     # the report and its command line
@@ -90,7 +91,8 @@ def report_blocks(exp: Experiment) -> list[Block]:
         blocks += [Block("heading", "Verdict"), note(f"No verdict: {exc.__class__.__name__}: {exc}")]
     blocks += plot_blocks(exp)  # the picture right after the answer; the long tables after it
     blocks.append(Block("heading", "Tables"))
-    for fn in (main_table, harm_table, decay_table, mcnemar_table, seed_table, training_table, diagnostics_table):
+    for fn in (main_table, harm_table, decay_table, worst_case_table, mcnemar_table, seed_table, training_table,
+               diagnostics_table):
         try:
             blocks += fn(exp)
         except Exception as exc:  # a malformed field must not sink the whole report
