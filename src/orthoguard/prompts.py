@@ -31,6 +31,7 @@ from pathlib import Path
 
 from orthoguard.errors import DataError
 from orthoguard.io import read_json, read_jsonl
+from orthoguard.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class PromptRecord:
 
 
 PromptSetLoader = Callable[[], list[PromptRecord]]
-PROMPT_SETS: dict[str, PromptSetLoader] = {}
+PROMPT_SETS: Registry[PromptSetLoader] = Registry("prompt set")
 # the two sets every run evaluates on, built from the run's own splits: no registered set or file may take their names
 HARMFUL_SET = "harmfulqa-test"  # the held-out HarmfulQA test questions
 BENIGN_SET = "harmless-val"  # the held-out harmless instructions (over-refusal)
@@ -58,14 +59,7 @@ _TRUE, _FALSE = {"true", "1", "yes", "unsafe", "harmful"}, {"false", "0", "no", 
 
 def register_prompt_set(name: str) -> Callable[[PromptSetLoader], PromptSetLoader]:
     """Function decorator: make ``load_prompt_set(name)`` return what the function returns."""
-
-    def register(loader: PromptSetLoader) -> PromptSetLoader:
-        if PROMPT_SETS.get(name, loader) is not loader:
-            raise ValueError(f"prompt set {name!r} is already registered")
-        PROMPT_SETS[name] = loader
-        return loader
-
-    return register
+    return PROMPT_SETS.register(name)
 
 
 def load_prompt_set(name_or_path: str | Path, limit: int | None = None, seed: int | None = None) -> list[PromptRecord]:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from orthoguard.errors import ConfigError, DataError
+from orthoguard.errors import DataError
+from orthoguard.registry import Registry
 from orthoguard.io import iter_jsonl, write_jsonl
 
 
@@ -46,26 +47,16 @@ class Judge(Protocol):
     def judge(self, prompt: str, response: str) -> Verdict: ...
 
 
-JUDGES: dict[str, type] = {}
+JUDGES: Registry[type] = Registry("judge")
 
 
 def register_judge(name: str) -> Callable[[type], type]:
     """Class decorator: make the judge available as ``get_judge(name)`` and set its ``name``."""
-
-    def register(cls: type) -> type:
-        if JUDGES.get(name, cls) is not cls:
-            raise ValueError(f"judge {name!r} is already registered by {JUDGES[name].__name__}")
-        cls.name = name
-        JUDGES[name] = cls
-        return cls
-
-    return register
+    return JUDGES.register(name, on_register=lambda cls: setattr(cls, "name", name))
 
 
 def get_judge(name: str, **kwargs: Any) -> Judge:
-    if name not in JUDGES:
-        raise ConfigError(f"unknown judge {name!r} (known: {', '.join(sorted(JUDGES))})")
-    return JUDGES[name](**kwargs)
+    return JUDGES.lookup(name)(**kwargs)
 
 
 def strip_thinking(text: str) -> str:

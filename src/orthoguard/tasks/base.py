@@ -11,6 +11,7 @@ from pathlib import Path
 
 from orthoguard.data.samples import Sample, assistant, user
 from orthoguard.errors import ConfigError, DataError
+from orthoguard.registry import Registry
 
 
 class TaskDataError(DataError, ValueError):
@@ -60,30 +61,21 @@ class BenignTask:
 
 
 TaskFactory = Callable[[], BenignTask]
-TASKS: dict[str, TaskFactory] = {}
+TASKS: Registry[TaskFactory] = Registry("benign task")
 
 
 def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
     """Decorator on a BenignTask subclass (or a function returning a task): ``load_task(name)`` builds it."""
-
-    def register(factory: TaskFactory) -> TaskFactory:
-        if TASKS.get(name, factory) is not factory:
-            raise ValueError(f"benign task {name!r} is already registered")
-        TASKS[name] = factory
-        return factory
-
-    return register
+    return TASKS.register(name)
 
 
 def task_names() -> list[str]:
-    return sorted(TASKS)
+    return TASKS.names()
 
 
 def load_task(name: str) -> BenignTask:
     """The registered task ``name``; a ConfigError naming the known tasks otherwise."""
-    if name not in TASKS:
-        raise ConfigError(f"unknown benign task {name!r} (known: {', '.join(task_names())})")
-    task = TASKS[name]()
+    task = TASKS.lookup(name)()
     if task.name != name:
         raise ConfigError(f"benign task registered as {name!r} calls itself {task.name!r}")
     return task
