@@ -528,3 +528,22 @@ def test_worst_case_table_takes_the_lowest_refusal_among_the_attacks_that_keep_u
     assert subspace[4].startswith("20% [") and "(subspace-p1; 2/2 in budget)" in subspace[4]
     assert subspace[5] == "19% of 16 probe prompts (subspace-p1, step 20)"  # 3 of 16 at the last probe
     assert "at least (1 - ε) × aligned's 50%" in section and "at most (1 + ε) × aligned's 9.00" in section
+
+
+def test_refusal_decay_has_one_panel_per_defence_and_condition_with_its_controls_and_vanilla(tmp_path):
+    variants = [{"name": f"{v['name']}-p{p:g}", **{k: x for k, x in v.items() if k != "name"}, "harmful_ratio": p,
+                 **({"controls": f"subspace-p{p:g}"} if v.get("random") else {})}
+                for p in (0.1, 1.0) for v in VARIANTS]
+    harmful = {"base": (5, 100), "aligned": (90, 100), **{v["name"]: (20 + 5 * i, 100) for i, v in enumerate(variants)}}
+    run = write_run(tmp_path / "run", variants=variants, harmful=harmful)
+    from orthoguard.report.experiment import Experiment
+    from orthoguard.report.load import load_runs
+    from orthoguard.report.plots import plot_refusal_decay
+
+    fig, why = plot_refusal_decay(Experiment(run, *load_runs(run)))
+    assert why is None
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title().split(" (")[0] for ax in visible] == ["subspace-p0.1", "delta_w-p0.1", "subspace-p1", "delta_w-p1"]
+    lines = {ax.get_title().split(" (")[0]: [ln.get_label().split(" (")[0] for ln in ax.get_lines()] for ax in visible}
+    assert lines["subspace-p1"] == ["vanilla-p1", "subspace-p1", "subspace-random-p1"]
+    assert lines["delta_w-p0.1"] == ["vanilla-p0.1", "delta_w-p0.1"]

@@ -10,13 +10,13 @@ from orthoguard.report.experiment import Experiment
 from orthoguard.report.render import Block, note
 
 
-def _figure(width: float = 8.0, height: float = 4.2, ncols: int = 1):
+def _figure(width: float = 8.0, height: float = 4.2, ncols: int = 1, nrows: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     for ax in axes:
         ax.grid(True, alpha=0.3)
     return fig, axes
@@ -96,45 +96,83 @@ def plot_refusal_rates(exp: Experiment):
     return fig, None
 
 
-def plot_refusal_decay(exp: Experiment):
-    """Probe refusal rate against attack training step for every variant: the refusal-decay curve."""
-    fig, (ax,) = _figure()
-    drawn, undecided = 0, False
-    for m in exp.variants:
-        curves = [(seed, log.probes) for seed, log in exp.step_logs(m) if log.probes]
-        if not curves:
-            continue
-        by_step: dict[int, list] = {}
-        for _, probes in curves:
-            for p in probes:
-                if p.refusal_rate is not None:
-                    by_step.setdefault(p.step, []).append(p)
-        steps = sorted(by_step)
-        if not steps:
-            undecided = True
-            continue
-        mean = [100 * sum(p.refusal_rate for p in by_step[s]) / len(by_step[s]) for s in steps]
-        style = dict(color=exp.colors[m], alpha=0.18)
-        if len(curves) == 1:
-            lo = [100 * by_step[s][0].ci95[0] for s in steps]
-            hi = [100 * by_step[s][0].ci95[1] for s in steps]
-            ax.fill_between(steps, lo, hi, **style, lw=0)
-        else:
-            sd = [100 * (seed_summary([p.refusal_rate for p in by_step[s]])["std"] or 0.0) for s in steps]
-            ax.fill_between(steps, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)], **style, lw=0)
-        kind = exp.variants[m].get("random")
-        ax.plot(steps, mean, color=exp.colors[m], marker="o", ms=5, lw=1.8, label=m + _control_suffix(kind),
-                **_control_style(kind))
-        drawn += 1
-    if not drawn and undecided:
-        return None, "Refusal decay: the probes have no decided verdict (every probe response was a judge error)."
-    if not drawn:
-        return None, "Refusal decay: the attack logs have no 'probes' (set attack.probe_every to record them)."
+def _decay_series(exp: Experiment, m: str):
+    """A variant's probe curve: (steps, refusal %, band low %, band high %), the band the 95% interval of one seed
+    or mean ± std over seeds; None without probes, "undecided" when no probe had a decided verdict."""
+    curves = [log.probes for _, log in exp.step_logs(m) if log.probes]
+    if not curves:
+        return None
+    by_step: dict[int, list] = {}
+    for probes in curves:
+        for p in probes:
+            if p.refusal_rate is not None:
+                by_step.setdefault(p.step, []).append(p)
+    steps = sorted(by_step)
+    if not steps:
+        return "undecided"
+    mean = [100 * sum(p.refusal_rate for p in by_step[s]) / len(by_step[s]) for s in steps]
+    if len(curves) == 1:
+        return steps, mean, [100 * by_step[s][0].ci95[0] for s in steps], [100 * by_step[s][0].ci95[1] for s in steps]
+    sd = [100 * (seed_summary([p.refusal_rate for p in by_step[s]])["std"] or 0.0) for s in steps]
+    return steps, mean, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)]
+
+
+def _draw_decay(ax, exp: Experiment, m: str, series, color: str | None = None) -> None:
+    steps, mean, lo, hi = series
+    color = color or exp.colors[m]
+    kind = exp.variants[m].get("random")
+    ax.fill_between(steps, lo, hi, color=color, alpha=0.15, lw=0)
+    ax.plot(steps, mean, color=color, marker="o", ms=4, lw=1.6, label=m + _control_suffix(kind), **_control_style(kind))
+
+
+def _decay_title(exp: Experiment) -> str:
     n = sorted({p.n for m in exp.variants for _, log in exp.step_logs(m) for p in log.probes or [] if p.n})
     band = "mean ± std over seeds" if exp.multi else "95% interval"
-    ax.set(xlabel="attack optimizer step", ylabel="probe refusal rate (%)", ylim=(-3, 103),
-           title=f"Refusal decay during the attack ({band}; probe n = {', '.join(map(str, n)) or '?'})")
-    _legend_below(fig, ax)
+    return f"Refusal decay during the attack ({band}; probe n = {', '.join(map(str, n)) or '?'})"
+
+
+def plot_refusal_decay(exp: Experiment):
+    """Probe refusal rate against attack training step: the refusal-decay curve. With several defences, one panel
+    per defence and attack condition (the defence, its random controls in its colour, the undefended attack of the
+    same condition in black); else every variant on one axis."""
+    series = {m: _decay_series(exp, m) for m in exp.variants}
+    drawn = {m: s for m, s in series.items() if s not in (None, "undecided")}
+    if not drawn:
+        if "undecided" in series.values():
+            return None, "Refusal decay: the probes have no decided verdict (every probe response was a judge error)."
+        return None, "Refusal decay: the attack logs have no 'probes' (set attack.probe_every to record them)."
+    groups = [(vanilla, [d for d in defences if d in drawn]) for vanilla, defences in exp.attack_groups()]
+    groups = [(vanilla, defences) for vanilla, defences in groups if defences]
+    if sum(len(d) for _, d in groups) < 2:
+        fig, (ax,) = _figure()
+        for m, s in drawn.items():
+            _draw_decay(ax, exp, m, s)
+        ax.set(xlabel="attack optimizer step", ylabel="probe refusal rate (%)", ylim=(-3, 103), title=_decay_title(exp))
+        _legend_below(fig, ax)
+        return fig, None
+    ncols = max(len(d) for _, d in groups)
+    fig, axes = _figure(3.4 * ncols + 0.4, 3.0 * len(groups) + 0.6, ncols=ncols, nrows=len(groups))
+    for row, (vanilla, defences) in enumerate(groups):
+        for col in range(ncols):
+            ax = axes[row * ncols + col]
+            if col >= len(defences):
+                ax.set_visible(False)
+                continue
+            defence = defences[col]
+            if vanilla in drawn:
+                _draw_decay(ax, exp, vanilla, drawn[vanilla], color="#222222")
+            _draw_decay(ax, exp, defence, drawn[defence])
+            for control in exp.controls.get(defence, {}).values():
+                if control in drawn:
+                    _draw_decay(ax, exp, control, drawn[control], color=exp.colors[defence])
+            ax.set(ylim=(-3, 103), title=f"{defence} ({exp.condition_words(defence)})")
+            ax.title.set_fontsize(9)
+            ax.legend(fontsize=6, loc="lower left")
+            if row == len(groups) - 1:
+                ax.set_xlabel("attack optimizer step")
+            if col == 0:
+                ax.set_ylabel("probe refusal (%)")
+    fig.suptitle(_decay_title(exp), fontsize=10)
     return fig, None
 
 
