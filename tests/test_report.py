@@ -471,6 +471,14 @@ def test_refusal_vs_fine_tune_accuracy_has_one_panel_per_harmful_ratio(tmp_path)
     assert {m: exp.harmful_ratio(m) for m in exp_ratios} == exp_ratios
     fig, why = plot_refusal_vs_fa(exp)
     assert why is None and [ax.get_title() for ax in fig.axes] == ["harmful ratio p = 0.1", "harmful ratio p = 1"]
+    from orthoguard.report.plots import plot_tradeoff, plot_training_loss
+
+    fig, why = plot_tradeoff(exp)  # base and aligned in every panel, each variant in its ratio's
+    assert why is None and [ax.get_title() for ax in fig.axes] == ["harmful ratio p = 0.1", "harmful ratio p = 1"]
+    assert [[t.get_text() for t in ax.texts] for ax in fig.axes] == [
+        ["base", "aligned", "vanilla-p0.1", "subspace-p0.1"], ["base", "aligned", "vanilla-p1", "subspace-p1"]]
+    fig, why = plot_training_loss(exp)
+    assert why is None and [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
 
 
 def test_each_defence_is_compared_with_the_undefended_attack_of_its_own_harmful_ratio(tmp_path):

@@ -40,23 +40,37 @@ def _seed_styles(exp: Experiment) -> dict:
     return {s: styles[i % len(styles)] for i, s in enumerate(exp.seeds)}
 
 
-def plot_training_loss(exp: Experiment):
-    """Training loss of every attack variant on one axis (one line per seed)."""
-    fig, (ax,) = _figure()
-    styles, drawn = _seed_styles(exp), 0
+def by_harmful_ratio(exp: Experiment) -> dict[float, list[str]]:
+    """The attack variants by their harmful ratio p, in increasing p (one plot panel each)."""
+    out: dict[float, list[str]] = {}
     for m in exp.variants:
-        for i, (seed, log) in enumerate(exp.step_logs(m)):
-            pts = [(x.step, x.loss) for x in log.losses]
-            if not pts:
-                continue
-            label = m + (f" (seed {seed})" if exp.multi and len(exp.seeds) <= 4 else "") if (i == 0 or len(exp.seeds) <= 4) else None
-            ax.plot(*zip(*pts), color=exp.colors[m], linestyle=styles.get(seed, "-"), lw=1.4, alpha=0.9, label=label,
-                    marker="." if len(pts) < 30 else None)
-            drawn += 1
+        out.setdefault(exp.harmful_ratio(m), []).append(m)
+    return dict(sorted(out.items()))
+
+
+def plot_training_loss(exp: Experiment):
+    """Training loss of every attack variant (one line per seed), one panel per harmful ratio."""
+    panels = by_harmful_ratio(exp)
+    fig, axes = _figure(5.0 * len(panels) + 1.0 if len(panels) > 1 else 8.0, 4.2, ncols=len(panels))
+    styles, drawn = _seed_styles(exp), 0
+    for ax, (ratio, models) in zip(axes, panels.items()):
+        for m in models:
+            for i, (seed, log) in enumerate(exp.step_logs(m)):
+                pts = [(x.step, x.loss) for x in log.losses]
+                if not pts:
+                    continue
+                label = m + (f" (seed {seed})" if exp.multi and len(exp.seeds) <= 4 else "") if (i == 0 or len(exp.seeds) <= 4) else None
+                ax.plot(*zip(*pts), color=exp.colors[m], linestyle=styles.get(seed, "-"), lw=1.4, alpha=0.9,
+                        label=label, marker="." if len(pts) < 30 else None)
+                drawn += 1
+        ax.set(xlabel="optimizer step", ylabel="training loss",
+               title="Attack training loss" + (f", harmful ratio p = {ratio:g}" if len(panels) > 1 else ""))
+        if len(panels) > 1:
+            ax.legend(fontsize=6)
     if not drawn:
         return None, "Training loss: no attack variant has a loss log yet."
-    ax.set(xlabel="optimizer step", ylabel="training loss", title="Attack training loss")
-    _legend_below(fig, ax)
+    if len(panels) == 1:
+        _legend_below(fig, axes[0])
     return fig, None
 
 
@@ -193,25 +207,30 @@ def plot_tradeoff(exp: Experiment):
     if not exp.harmful_sets or not exp.benign_sets:
         return None, "Safety/utility trade-off: needs both a harmful and a benign prompt set in the results."
     hs, bs = exp.harmful_sets[0], exp.benign_sets[0]
-    fig, (ax,) = _figure(6.8, 5.2)
-    drawn, labelled = 0, []
-    for m in exp.models:
-        rh, rb = exp.rate(m, hs), exp.rate(m, bs)
-        if rh is None or rb is None or rh.rate is None or rb.rate is None:
-            continue
-        xerr = [[100 * (rb.rate - rb.ci95[0])], [100 * (rb.ci95[1] - rb.rate)]] if rb.ci95 else None
-        yerr = [[100 * (rh.rate - rh.ci95[0])], [100 * (rh.ci95[1] - rh.rate)]] if rh.ci95 else None
-        ax.errorbar([100 * rb.rate], [100 * rh.rate], xerr=xerr, yerr=yerr, fmt="o", ms=8, capsize=3,
-                    color=exp.colors.get(m, "#333333"), alpha=0.85, label=m)
-        point = (100 * rb.rate, 100 * rh.rate)
-        ax.annotate(m, point, textcoords="offset points", xytext=(6, 6 + 10 * _near(point, labelled)), fontsize=8)
-        labelled.append(point)
-        drawn += 1
+    references = [m for m in exp.models if m not in exp.variants]  # base, aligned: in every panel
+    panels = {ratio: references + [m for m in models if m in exp.models]
+              for ratio, models in by_harmful_ratio(exp).items()} or {None: list(exp.models)}
+    fig, axes = _figure(5.6 * len(panels) + 1.2, 5.2, ncols=len(panels))
+    drawn = 0
+    for ax, (ratio, models) in zip(axes, panels.items()):
+        labelled = []
+        for m in models:
+            rh, rb = exp.rate(m, hs), exp.rate(m, bs)
+            if rh is None or rb is None or rh.rate is None or rb.rate is None:
+                continue
+            point = (100 * rb.rate, 100 * rh.rate)
+            ax.errorbar([point[0]], [point[1]], xerr=_err(rb), yerr=_err(rh), fmt="o", ms=7, capsize=3,
+                        color=exp.colors.get(m, "#333333"), alpha=0.85, label=m)
+            ax.annotate(m, point, textcoords="offset points", xytext=(6, 6 + 10 * _near(point, labelled)), fontsize=7)
+            labelled.append(point)
+            drawn += 1
+        title = "Safety vs over-refusal (95% intervals)" if len(panels) == 1 else f"harmful ratio p = {ratio:g}"
+        ax.set(xlabel=f"over-refusal on {bs} (%)", ylabel=f"refusal on {hs} (%)", xlim=(-3, 103), ylim=(-3, 103),
+               title=title)
+        if len(panels) == 1:
+            ax.legend(fontsize=8, loc="lower right")
     if not drawn:
         return None, "Safety/utility trade-off: no model has rates on both sets."
-    ax.set(xlabel=f"over-refusal on {bs} (%)", ylabel=f"refusal on {hs} (%)", xlim=(-3, 103), ylim=(-3, 103),
-           title="Safety vs over-refusal (95% intervals)")
-    ax.legend(fontsize=8, loc="lower right")
     return fig, None
 
 
@@ -225,13 +244,11 @@ def plot_refusal_vs_fa(exp: Experiment):
     if not exp.harmful_sets:
         return None, "Refusal vs fine-tune accuracy: no harmful prompt set in the results."
     hs = exp.harmful_sets[0]
-    by_ratio: dict[float, list[str]] = {}
-    for m in exp.variants:
-        by_ratio.setdefault(exp.harmful_ratio(m), []).append(m)
+    by_ratio = by_harmful_ratio(exp)
     fig, axes = _figure(4.6 * len(by_ratio) + 0.6, 4.6, ncols=len(by_ratio))
     drawn = 0
     ceiling = exp.rate(exp.ceiling, hs)
-    for ax, (ratio, models) in zip(axes, sorted(by_ratio.items())):
+    for ax, (ratio, models) in zip(axes, by_ratio.items()):
         labelled = []
         for m in models:
             fa, r = exp.fine_tune_accuracy(m), exp.rate(m, hs)
@@ -291,7 +308,8 @@ PLOTS = [
     ("refusal_decay.png", plot_refusal_decay, "Refusal on a small fixed probe set during the attack: a defense that "
                                               "holds stays up; hollow markers: random controls (dashed: same rank, "
                                               "dotted: matched removed share)."),
-    ("tradeoff.png", plot_tradeoff, "Over-refusal against refusal, one point per model: top left is safe and helpful."),
+    ("tradeoff.png", plot_tradeoff, "Over-refusal against refusal, one point per model (one panel per harmful ratio, "
+                                    "base and aligned in each): top left is safe and helpful."),
     ("refusal_vs_fa.png", plot_refusal_vs_fa, "Fine-tune accuracy on the benign task against refusal, one panel per "
                                               "harmful ratio p, 95% intervals; dashed: the attacked model's refusal "
                                               "before the attack. Top right: the user's task learned, refusal kept."),
