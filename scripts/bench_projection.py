@@ -40,9 +40,10 @@ def directions_for(family: str, ref: Path, hidden: int) -> dict:
     return compute_directions(family, ref, DirectionsConfig())
 
 
-def time_steps(make_model, settings, batch, steps, projector_factory=None, accumulation: int = 1):
-    """Median time of a full optimizer step (``accumulation`` forward/backward passes, clipping, projection, AdamW)
-    and of the projection alone, over ``steps`` steps after one warm-up step."""
+def time_steps(make_model, settings, batch, steps, projector_factory=None, accumulation: int = 1, autocast=None):
+    """Median time of a full optimizer step (``accumulation`` forward/backward passes, under ``autocast`` (a dtype)
+    when given, as training does; clipping, projection, AdamW) and of the projection alone, over ``steps`` steps
+    after one warm-up step."""
     model = get_peft_model(make_model(), lora_config(settings))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
@@ -52,7 +53,10 @@ def time_steps(make_model, settings, batch, steps, projector_factory=None, accum
         _sync()
         start = time.perf_counter()
         for _ in range(accumulation):
-            (model(**batch).loss / accumulation).backward()
+            with torch.autocast(batch["input_ids"].device.type, dtype=autocast or torch.bfloat16,
+                                enabled=autocast is not None):
+                loss = model(**batch).loss / accumulation
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         _sync()
         t0 = time.perf_counter()
@@ -83,9 +87,10 @@ VARIANTS = [(f, at, r) for f in ("lora_factors", "delta_w", "subspace", "activat
             for r in ((False, True) if at == "update" else (False,))]
 
 
-def compare(make_model, settings, batch, steps, ref, hidden, accumulation=1, variants=VARIANTS, report=print) -> list[dict]:
+def compare(make_model, settings, batch, steps, ref, hidden, accumulation=1, variants=VARIANTS, report=print,
+            autocast=None) -> list[dict]:
     """Vanilla and every (family, placement, random) variant on the same model shape and batch."""
-    vanilla, _ = time_steps(make_model, settings, batch, steps, accumulation=accumulation)
+    vanilla, _ = time_steps(make_model, settings, batch, steps, accumulation=accumulation, autocast=autocast)
     rows = [{"variant": "vanilla", "step_s": vanilla, "ratio": 1.0, "projection_ms": 0.0}]
     report(f"{'variant':32s} {'step s':>8s} {'ratio':>7s} {'projection ms':>14s}")
     report(f"{'vanilla':32s} {vanilla:8.3f} {1.0:7.3f} {0.0:14.2f}")
@@ -93,7 +98,7 @@ def compare(make_model, settings, batch, steps, ref, hidden, accumulation=1, var
         directions = directions_for(family, ref, hidden)
         d = random_like(directions, family, seed=1) if random else directions
         factory = lambda named, d=d, family=family, at=at: Projector(build_constraints(named, d, family), at)
-        step, proj = time_steps(make_model, settings, batch, steps, factory, accumulation)
+        step, proj = time_steps(make_model, settings, batch, steps, factory, accumulation, autocast)
         name = f"{'random-' if random else ''}{family}/{at}"
         rows.append({"variant": name, "step_s": step, "ratio": step / vanilla, "projection_ms": proj * 1000})
         report(f"{name:32s} {step:8.3f} {step / vanilla:7.3f} {proj * 1000:14.2f}")
@@ -119,7 +124,10 @@ def main() -> None:
         hidden = base.config.hidden_size
         del base
         print(f"device {device}, batch {args.batch}x{args.length}, median of {args.steps} steps")
-        compare(lambda: load_model(model_cfg, resolve_precision(model_cfg.dtype)), settings, batch, args.steps, ref, hidden)
+        precision = resolve_precision(model_cfg.dtype)
+        print(f"weights {precision.weights}, autocast {precision.autocast}")
+        compare(lambda: load_model(model_cfg, precision), settings, batch, args.steps, ref, hidden,
+                autocast=precision.autocast)
 
 if __name__ == "__main__":
     main()

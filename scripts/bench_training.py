@@ -168,13 +168,16 @@ def projection_shares(model_cfg, settings, dataset, tokenizer, batch_size: int, 
     tokenizer.padding_side = "right"
     batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)([dataset[i] for i in range(batch_size)])
     batch = dict(batch)
-    base = load_model(model_cfg, resolve_precision("fp32"))
+    precision = resolve_precision("auto")  # the default training path: bf16 autocast where the CPU has native bf16
+    base = load_model(model_cfg, precision)
     hidden = base.config.hidden_size
     with tempfile.TemporaryDirectory() as tmp:
         ref = P.fake_reference_adapter(base, settings, Path(tmp))
         del base
-        print(f"projection: batch {tuple(batch['input_ids'].shape)}, median of {steps} steps after a warm-up")
-        rows = P.compare(lambda: load_model(model_cfg, resolve_precision("fp32")), settings, batch, steps, ref, hidden)
+        print(f"projection: batch {tuple(batch['input_ids'].shape)}, autocast {precision.autocast}, median of {steps} "
+              "steps after a warm-up")
+        rows = P.compare(lambda: load_model(model_cfg, precision), settings, batch, steps, ref, hidden,
+                         autocast=precision.autocast)
     print(f"{'variant':32s} {'projection share of a step':>28s}")
     for row in rows[1:]:
         print(f"{row['variant']:32s} {100 * row['projection_ms'] / 1000 / row['step_s']:27.1f}%")

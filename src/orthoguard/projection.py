@@ -140,17 +140,26 @@ class Projector:
         return {n: (removed / total if total > 0 else 0.0) for n, (removed, total) in self.energy.items()}
 
     def _account(self, before: list, after: list) -> float:
-        for name, b, a in zip(self.names, before, after):
-            if b is not None:
-                self.energy[name][0] += float((b - a.float()).pow(2).sum())
-                self.energy[name][1] += float(b.pow(2).sum())
-        return _removed_frac(before, after)
+        """Add each tensor's removed and total energy (``before``: unconstrained, ``after``: constrained; None: a
+        tensor without a gradient) and return the share of the norm removed over all tensors this step."""
+        kept = [(n, b, a.float()) for n, b, a in zip(self.names, before, after) if b is not None]
+        if not kept:
+            return 0.0
+        names, b, a = zip(*kept)
+        # torch._foreach_*: one call over all tensors instead of ~5 small ops and a sync per tensor (~80 ms a step
+        # for SmolLM2's 420 LoRA tensors on a 2-core CPU, 10x the projection itself)
+        removed = _squared_norms(torch._foreach_sub(list(b), list(a)))
+        total = _squared_norms(list(b))
+        for name, r, t in zip(names, removed, total):
+            self.energy[name][0] += r
+            self.energy[name][1] += t
+        return _removed_frac(sum(removed), sum(total))
 
     @torch.no_grad()
     def before_step(self) -> dict[str, float]:
         """Call after clipping, before ``optimizer.step()``."""
         if self.at == "update":
-            self._before = [p.detach().float().clone() for p in self.params]
+            self._before = _float_copies(self.params)
             return {}
         grads = [p.grad.detach().float().clone() if p.grad is not None else None for p in self.params]
         for c in self.constraints:
@@ -162,21 +171,24 @@ class Projector:
         """Call right after ``optimizer.step()``."""
         if self.at != "update":
             return {}
-        stepped = [p.detach().float().clone() for p in self.params]
+        stepped = _float_copies(self.params)
         for c in self.constraints:
             c.project_update_()
-        changes = [s - b for s, b in zip(stepped, self._before)]
-        kept = [p.detach().float() - b for p, b in zip(self.params, self._before)]
+        changes = torch._foreach_sub(stepped, self._before)
+        kept = torch._foreach_sub([p.detach().float() for p in self.params], self._before)
         return {"update_removed_frac": self._account(changes, kept)}
 
 
-def _removed_frac(before: list, after: list) -> float:
-    total = removed = 0.0
-    for b, a in zip(before, after):
-        if b is None:
-            continue
-        total += float(b.pow(2).sum())
-        removed += float((b - a.float()).pow(2).sum())
+def _float_copies(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [p.detach().float().clone() for p in params]
+
+
+def _squared_norms(tensors: list[torch.Tensor]) -> list[float]:
+    """Each tensor's squared Frobenius norm, in one sync."""
+    return (torch.stack(torch._foreach_norm(tensors)).double() ** 2).tolist()
+
+
+def _removed_frac(removed: float, total: float) -> float:
     return (removed / total) ** 0.5 if total > 0 else 0.0
 
 
