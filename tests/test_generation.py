@@ -117,6 +117,29 @@ def test_merged_copy_matches_the_adapter_and_leaves_it_alone(smollm_tokenizer):
     assert next(cast.parameters()).dtype == torch.bfloat16 and next(plain.parameters()).dtype == torch.float32
 
 
+def test_a_kept_merged_copy_follows_the_adapter_as_it_trains(smollm_tokenizer):
+    """Refusal probes ask for a merged copy every few steps: the second call refreshes the first copy's adapted
+    weights, bit for bit what a fresh deep copy + merge + cast gives."""
+    import copy
+
+    peft = _lora(build_tiny_model("llama", len(smollm_tokenizer))).eval()
+    first = merged_for_generation(peft, torch.bfloat16)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * 0.3)  # a training step
+    again = merged_for_generation(peft, torch.bfloat16)
+    fresh = copy.deepcopy(peft).merge_and_unload().to(torch.bfloat16)
+    assert again is first
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), fresh.state_dict().values()))
+    before = _lora(build_tiny_model("llama", len(smollm_tokenizer))).merge_and_unload().to(torch.bfloat16)
+    assert not torch.equal(again.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+                           before.state_dict()["model.layers.0.self_attn.q_proj.weight"])  # it did change
+    assert merged_for_generation(peft) is not first  # another dtype: another copy
+    peft.base_model.model.lm_head.weight.requires_grad_(True)  # a trainable base weight may change: no kept copy
+    assert merged_for_generation(peft, torch.bfloat16) is not merged_for_generation(peft, torch.bfloat16)
+
+
 def test_bf16_and_auto_dtypes_run_on_a_copy(smollm_tokenizer):
     model = build_tiny_model("llama", len(smollm_tokenizer)).eval()
     for dtype in ("bf16", "auto", "fp32"):
