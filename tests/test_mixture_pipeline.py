@@ -96,14 +96,14 @@ def test_a_pure_attack_has_no_mixture_and_dumps_without_the_new_keys():
 # Stage keys
 
 # The cpu-demo's stage keys: attack.harmful_ratio / samples / benign_task and evaluation.fa_items left them as they
-# were. (Change this only with a deliberate key change: the last was the demo's evaluation.batch_size 32 -> 128,
-# 2026-12-02, which the attacks' refusal probes also read; before it synth.drop_refusals.)
+# were. (Change this only with a deliberate key change: the last was synth.drop_refusals, 2026-12-02, which changes
+# the synth stage's key and so every key after it; evaluation.batch_size 128 was tried and reverted.)
 DEMO_KEYS = {
     "data": "6e2a3f25362d56ec", "synth": "0d0db6e138e196c7", "benign": "315f70c915bed560",
-    "refusal": "f1d3fe68f033e7aa", "directions": "003fe5a51a69929b", "attack:vanilla": "1afd15ecac4f5a66",
-    "attack:orthogonal": "c6bad439e6fb9bc2", "attack:orthogonal-random": "8ec74129249083c0", "attack:subspace": "14dd22b3f759e224",
-    "attack:subspace-random": "3b6a6f0c0ab08cc4", "attack:orthogonal-matched": "85004211af3a3b7d", "attack:subspace-matched": "5375dbdd24b96276",
-    "evaluate": "c9ed94a51a0592cc",
+    "refusal": "f1d3fe68f033e7aa", "directions": "003fe5a51a69929b", "attack:vanilla": "a09170166a0c6ed2",
+    "attack:orthogonal": "5c02a77a585d4089", "attack:orthogonal-random": "5ed78feafb8e90b5", "attack:subspace": "ebc1b8f35f08722d",
+    "attack:subspace-random": "b69c5ef8dd768ee0", "attack:orthogonal-matched": "195022e40e093cec", "attack:subspace-matched": "a6bb54e4452583e7",
+    "evaluate": "c3a55026307a3807",
 }
 
 
