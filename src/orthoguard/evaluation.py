@@ -97,8 +97,7 @@ def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], promp
     model, tokenizer, _ = load_with_adapters(cfg.model, adapters)
     e = cfg.evaluation
     settings = GenerationSettings(e.max_new_tokens, e.batch_size, e.do_sample, e.temperature, e.top_p, dtype=e.dtype)
-    # every set's prompts in one generation pass: fuller length-sorted batches (on a 2-core CPU a batch of 128
-    # generated ~1.5x the tokens/s of a batch of 32) and one merged copy of the model per evaluated model
+    # every set's prompts in one generation pass: length-sorted batches across the sets, one merged copy per model
     prompts = [p for ps in prompt_sets for p in ps.prompts]
     if e.backend == "vllm":
         responses = generate_vllm_merged(model, tokenizer, prompts, settings, cfg.seed)

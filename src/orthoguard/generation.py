@@ -72,7 +72,7 @@ def merged_for_generation(model, dtype: torch.dtype | None = None):
     current = next(model.parameters()).dtype
     if not mergeable and (dtype is None or dtype == current):
         return model
-    key = _copy_key(model, dtype) if mergeable else None
+    key = _copy_key(model, base, dtype) if mergeable else None
     if key is not None and (kept := _MERGED_COPIES.get(model)) is not None and kept[0] == key:
         refreshed = _refresh_merged(base, kept[1])
         if refreshed is not None:
@@ -95,13 +95,13 @@ def _lora_layers(model) -> list[tuple[str, Any]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
-def _copy_key(model, dtype) -> tuple | None:
+def _copy_key(model, base, dtype) -> tuple | None:
     """What a kept merged copy must match, or None when a copy cannot be refreshed from the LoRA factors alone:
     something besides LoRA factors is trainable (its weights may have changed), or an adapter is not plain LoRA
     (DoRA and other variants, LoRA biases merge differently)."""
     if any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
         return None
-    layers = _lora_layers(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    layers = _lora_layers(base)
     for _, layer in layers:
         for a in layer.active_adapters:
             if a in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(a, False):
