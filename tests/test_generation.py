@@ -181,3 +181,27 @@ def test_unmerged_peft_model_matches_its_reference(smollm_tokenizer):
     assert generate(peft, smollm_tokenizer, PROMPTS[:4], GenerationSettings(max_new_tokens=8, batch_size=4)) == want
     # generating on the merged copy (dtype "fp32" merges) gives the same greedy replies here
     assert generate(peft, smollm_tokenizer, PROMPTS[:4], GenerationSettings(max_new_tokens=8, batch_size=4, dtype="fp32")) == want
+
+
+def test_preallocated_cache_layer_holds_what_the_dynamic_layer_holds():
+    """Writes in place into one buffer (grown when a reply outruns it), rows dropped and cropped as DynamicLayer."""
+    from transformers.cache_utils import DynamicLayer
+
+    from orthoguard.generation import PreallocatedLayer
+
+    torch.manual_seed(0)
+    ours, plain = PreallocatedLayer(capacity=5), DynamicLayer()
+    rows = 4
+    for step, width in enumerate([3, 1, 1, 1, 1]):  # 7 positions, past the capacity of 5
+        if step == 3:
+            keep = torch.tensor([0, 2, 3])
+            ours.batch_select_indices(keep), plain.batch_select_indices(keep)
+            rows = 3
+        k = torch.randn(rows, 2, width, 8)
+        got, want = ours.update(k, -k), plain.update(k, -k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert ours.get_seq_length() == plain.get_seq_length() == 7
+    ours.crop(-2), plain.crop(-2)
+    assert torch.equal(ours.keys, plain.keys) and ours.get_seq_length() == 5
+    nxt = torch.randn(3, 2, 1, 8)
+    assert torch.equal(ours.update(nxt, nxt)[0], plain.update(nxt, nxt)[0])

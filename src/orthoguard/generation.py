@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from orthoguard.errors import ConfigError
 from orthoguard.judges import strip_thinking
@@ -240,14 +241,78 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def _preallocated_cache(model, capacity: int) -> DynamicCache:
+    """A ``DynamicCache`` whose full-attention layers write into one buffer of ``capacity`` positions."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views of one buffer sized for the whole reply: a decode step
+    writes its token in place where ``DynamicLayer`` concatenates, copying every layer's whole cache at every step
+    (``aten::cat`` was 22-33% of decode time for SmolLM2 on a 2-core CPU). Same values, same attention."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self._keys = self._values = None
+        self._length = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self._length + key_states.shape[-2]
+        if self._keys is None or end > self._keys.shape[-2]:
+            self._grow(key_states, value_states, max(end, self.capacity))
+        self._keys[:, :, self._length:end] = key_states
+        self._values[:, :, self._length:end] = value_states
+        self._length = end
+        self._expose()
+        return self.keys, self.values
+
+    def _grow(self, key_states, value_states, size: int) -> None:
+        b, h = key_states.shape[:2]
+        keys = key_states.new_empty((b, h, size, key_states.shape[-1]))
+        values = value_states.new_empty((b, h, size, value_states.shape[-1]))
+        if self._keys is not None:
+            keys[:, :, :self._length] = self._keys[:, :, :self._length]
+            values[:, :, :self._length] = self._values[:, :, :self._length]
+        self._keys, self._values = keys, values
+
+    def _expose(self) -> None:
+        self.keys = self._keys[:, :, :self._length]
+        self.values = self._values[:, :, :self._length]
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._keys is not None:
+            self._keys, self._values = self._keys[indices], self._values[indices]
+            self._expose()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self._keys is not None:
+            self._keys = self._keys.repeat_interleave(repeats, dim=0)
+            self._values = self._values.repeat_interleave(repeats, dim=0)
+            self._expose()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        if self._keys is not None and tokens_to_remove < 0:
+            self._length = max(self._length + tokens_to_remove, 0)
+            self._expose()
+
+    def reset(self) -> None:
+        self._keys = self._values = None
+        self._length = 0
+        super().reset()
+
+
 def _decode_batch(model, rows: list[list[int]], pad_id: int, gc, max_new_tokens: int, sample: bool) -> list[list[int]]:
     """New tokens of each row (its end-of-sequence token included), finished rows dropped from the batch."""
-    from transformers import DynamicCache
-
     eos = torch.tensor(_eos_ids(gc), dtype=torch.long, device=model.device)
     input_ids, mask = _left_pad(rows, pad_id, model.device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    cache = DynamicCache(config=model.config)
+    cache = _preallocated_cache(model, input_ids.shape[1] + max_new_tokens)
     key = _cache_keyword(model)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                 **{key: cache})
