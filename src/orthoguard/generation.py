@@ -1,4 +1,5 @@
-"""Batched local generation: token-length buckets, left padding, KV cache, finished rows dropped, greedy by default.
+"""Batched local generation: token-length buckets, left padding, a preallocated KV cache, finished rows dropped,
+greedy by default.
 
 ``generate`` answers prompts in batches of ``settings.batch_size`` prompts of similar token length. Its decode loop
 drops a row from the batch (and from the KV cache) as soon as that row has emitted its end-of-sequence token, so a
