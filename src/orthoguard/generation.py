@@ -257,54 +257,50 @@ class PreallocatedLayer(DynamicLayer):
     def __init__(self, capacity: int):
         super().__init__()
         self.capacity = capacity
-        self._keys = self._values = None
-        self._length = 0
+        self._keys = self._values = None  # the buffers; ``keys``/``values`` are their first get_seq_length() positions
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        end = self._length + key_states.shape[-2]
+        start = self.get_seq_length()
+        end = start + key_states.shape[-2]
         if self._keys is None or end > self._keys.shape[-2]:
-            self._grow(key_states, value_states, max(end, self.capacity))
-        self._keys[:, :, self._length:end] = key_states
-        self._values[:, :, self._length:end] = value_states
-        self._length = end
-        self._expose()
+            self._grow(key_states, value_states, max(end, self.capacity), start)
+        self._keys[:, :, start:end] = key_states
+        self._values[:, :, start:end] = value_states
+        self._expose(end)
         return self.keys, self.values
 
-    def _grow(self, key_states, value_states, size: int) -> None:
+    def _grow(self, key_states, value_states, size: int, filled: int) -> None:
         b, h = key_states.shape[:2]
         keys = key_states.new_empty((b, h, size, key_states.shape[-1]))
         values = value_states.new_empty((b, h, size, value_states.shape[-1]))
         if self._keys is not None:
-            keys[:, :, :self._length] = self._keys[:, :, :self._length]
-            values[:, :, :self._length] = self._values[:, :, :self._length]
+            keys[:, :, :filled] = self._keys[:, :, :filled]
+            values[:, :, :filled] = self._values[:, :, :filled]
         self._keys, self._values = keys, values
 
-    def _expose(self) -> None:
-        self.keys = self._keys[:, :, :self._length]
-        self.values = self._values[:, :, :self._length]
+    def _expose(self, length: int) -> None:
+        self.keys = self._keys[:, :, :length]
+        self.values = self._values[:, :, :length]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self._keys is not None:
+            length = self.get_seq_length()
             self._keys, self._values = self._keys[indices], self._values[indices]
-            self._expose()
+            self._expose(length)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self._keys is not None:
+            length = self.get_seq_length()
             self._keys = self._keys.repeat_interleave(repeats, dim=0)
             self._values = self._values.repeat_interleave(repeats, dim=0)
-            self._expose()
+            self._expose(length)
 
-    def crop(self, tokens_to_remove: int) -> None:
-        super().crop(tokens_to_remove)
-        if self._keys is not None and tokens_to_remove < 0:
-            self._length = max(self._length + tokens_to_remove, 0)
-            self._expose()
+    # crop: DynamicLayer's (a shorter view of the buffer; the next update writes after it)
 
     def reset(self) -> None:
         self._keys = self._values = None
-        self._length = 0
         super().reset()
 
 
