@@ -205,3 +205,34 @@ def test_preallocated_cache_layer_holds_what_the_dynamic_layer_holds():
     assert torch.equal(ours.keys, plain.keys) and ours.get_seq_length() == 5
     nxt = torch.randn(3, 2, 1, 8)
     assert torch.equal(ours.update(nxt, nxt)[0], plain.update(nxt, nxt)[0])
+
+
+def test_shared_prefix_length_leaves_every_row_a_token_of_its_own():
+    from orthoguard.generation import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 9], [1, 2, 7]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # one row is the prefix of the other
+    assert shared_prefix_length([[5, 6], [5, 6]]) == 1
+    assert shared_prefix_length([[1, 2, 3]]) == 0  # one row: nothing to share
+    assert shared_prefix_length([[1, 2], [3, 4]]) == 0
+
+
+def test_a_shared_prefix_computed_once_gives_the_replies_of_a_full_prefill(tiny, smollm_tokenizer, monkeypatch):
+    """The prompts share the chat template's system turn and a long instruction: prefilled once and copied to every
+    row, the replies are those of prefilling every row whole (and of the one-at-a-time reference)."""
+    import orthoguard.generation as G
+
+    instruction = "Answer in one word, the way a careful assistant would, and nothing else: "
+    prompts = [instruction + q for q in ("Hi.", "Why is the sky blue at noon?", "Name a colour.", "Two plus two?")]
+    shared = G.shared_prefix_length(smollm_tokenizer([G.chat_prompt(smollm_tokenizer, p) for p in prompts],
+                                                     add_special_tokens=False)["input_ids"])
+    assert shared >= 20  # the path under test is taken
+    calls = []
+    prefill = G._prefill
+    monkeypatch.setattr(G, "_prefill", lambda *a: calls.append(1) or prefill(*a))
+    settings = GenerationSettings(max_new_tokens=10, batch_size=4)
+    with_sharing = generate(tiny, smollm_tokenizer, prompts, settings)
+    monkeypatch.setattr(G, "MIN_SHARED_PREFIX", 10**6)
+    without = generate(tiny, smollm_tokenizer, prompts, settings)
+    assert calls and with_sharing == without == reference(tiny, smollm_tokenizer, prompts, 10)
+    assert len(set(without)) > 1

