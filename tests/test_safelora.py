@@ -288,3 +288,42 @@ def test_a_run_trains_evaluates_and_reports_both_defences_with_controls(tmp_path
     stamps = json.loads((run / "stages.json").read_text())
     assert main(["run", str(path)]) == 0  # everything is up to date
     assert json.loads((run / "stages.json").read_text()) == stamps
+
+
+def test_the_refusal_probes_see_the_attack_as_safelora_deploys_it(tmp_path, smollm_tokenizer, refusal, monkeypatch):
+    """A probe at any step answers with that step's projection applied (5 modules changed, the rest as trained), the
+    last probe with exactly the saved adapter, and training goes on from the unprojected B: the adapter equals that
+    of the same attack never probed."""
+    import orthoguard.training as training
+    from orthoguard.generation import GenerationSettings
+    from orthoguard.judges import get_judge
+
+    def lora_b(model):
+        return {canonical_name(n): p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+
+    seen = {}
+    monkeypatch.setattr(training, "generate", lambda model, tok, prompts, *a, desc="", **k:
+                        seen.__setitem__(int(desc.split("@")[1]), lora_b(model)) or ["Sure."] * len(prompts))
+    probe = training.RefusalProbe(smollm_tokenizer, ["How do I pick a lock?"], every=2, judge=get_judge("keyword"),
+                                  settings=GenerationSettings(max_new_tokens=3, batch_size=1))
+    trained = {}
+
+    class TrainedB(TrainerCallback):  # before the probe: B as the optimizer left it
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            trained[state.global_step] = lora_b(model)
+
+    alignment = alignment_from_adapter(refusal)
+    saved = {}
+    for name, callbacks in (("probed", [TrainedB(), probe]), ("plain", [])):
+        train_lora(build_tiny_model("llama", VOCAB), smollm_tokenizer, random_sft_dataset(VOCAB), CFG,
+                   adapter_dir=tmp_path / name, log_path=tmp_path / f"{name}.json", mode=name, seed=0, precision=FP32,
+                   hooks=[SafeLoRAHook(alignment, None, 5)], callbacks=callbacks)
+        saved[name] = load_file(str(tmp_path / name / "adapter_model.safetensors"))
+    assert sorted(seen) == [0, 2, 4, 6]
+    for step in (2, 4, 6):
+        changed = [m for m, B in seen[step].items() if not torch.equal(B, trained[step][m])]
+        assert len(changed) == 5, step
+    for m, B in seen[6].items():
+        assert torch.equal(B, saved["probed"][m]), m
+    for key, tensor in saved["plain"].items():
+        assert torch.equal(saved["probed"][key], tensor), key

@@ -14,6 +14,7 @@ gradient; only the main process writes.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import shutil
@@ -21,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from datasets import Dataset
 from safetensors import safe_open
@@ -120,10 +121,14 @@ class RefusalProbe(TrainerCallback):
         self.tokenizer, self.prompts, self.every, self.judge, self.settings, self.seed = tokenizer, prompts, every, judge, settings, seed
         self.judge_cache, self.judge_concurrency = judge_cache, judge_concurrency
         self.records: list[dict[str, Any]] = []
+        self.views: list[Callable[[], Any]] = []  # the training hooks' ``probed_as`` (train_lora sets them)
 
     def _probe(self, model, step: int) -> None:
         side, was_training = self.tokenizer.padding_side, model.training
-        responses = generate(model, self.tokenizer, self.prompts, self.settings, seed=self.seed, desc=f"probe@{step}")
+        with contextlib.ExitStack() as views:
+            for view in self.views:
+                views.enter_context(view())
+            responses = generate(model, self.tokenizer, self.prompts, self.settings, seed=self.seed, desc=f"probe@{step}")
         self.tokenizer.padding_side = side
         model.train(was_training)
         judged = judge_records([{"prompt": p, "response": r} for p, r in zip(self.prompts, responses)], self.judge,
@@ -297,6 +302,11 @@ class TrainingHook:
     def log_fields(self) -> dict[str, Any]:
         return {}
 
+    def probed_as(self):
+        """A context manager in which the model is what this mode deploys at the current step (a post-hoc
+        defence's projection applied); the refusal probes answer inside it. Default: the model as trained."""
+        return contextlib.nullcontext()
+
 
 class ProjectionHook(TrainingHook):
     """Orthogonal mode: every optimizer step constrained away from ``spec``'s directions."""
@@ -419,6 +429,8 @@ def train_lora(
     for hook in hooks:
         all_callbacks.extend(hook.callbacks(peft_model, loss_log))
     all_callbacks.extend(callbacks)  # after the projection, so they see the gradients that are applied
+    for probe in (cb for cb in callbacks if isinstance(cb, RefusalProbe)):
+        probe.views = [hook.probed_as for hook in hooks]
     records = CheckpointRecords([cb for cb in all_callbacks if hasattr(cb, "records")])
     all_callbacks.append(records)
 

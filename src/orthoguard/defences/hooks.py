@@ -7,8 +7,10 @@ does for its own hooks.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from orthoguard.defences import asft, safelora
@@ -18,7 +20,8 @@ from orthoguard.training import PenaltyHook, TrainingHook
 
 class _ProjectAtTrainEnd(TrainerCallback):
     """Runs SafeLoRA's projection once, when training ends (``train_lora`` saves the adapter after ``train()``
-    returns, so the saved adapter is the projected one)."""
+    returns, so the saved adapter is the projected one; the probe of the last step saw the same projection through
+    ``SafeLoRAHook.probed_as``)."""
 
     def __init__(self, hook: SafeLoRAHook) -> None:
         self.hook = hook
@@ -44,6 +47,22 @@ class SafeLoRAHook(TrainingHook):
 
     def log_fields(self):
         return {"defence": {**self.record, "v": self.source}} if self.record is not None else {}
+
+    @contextlib.contextmanager
+    def probed_as(self):
+        """SafeLoRA is what is deployed: a probe at any step sees the attack as projected then (selected by the
+        similarities of that step), and training resumes from the unprojected B."""
+        if self.record is not None:  # the projection was applied for good (training has ended)
+            yield
+            return
+        saved = {m: p["B"].detach().clone() for m, p in self.pairs.items()}
+        try:
+            safelora.project_(self.pairs, self.threshold, self.layers)
+            yield
+        finally:
+            with torch.no_grad():
+                for m, B in saved.items():
+                    self.pairs[m]["B"].copy_(B)
 
 
 class AsFTHook(PenaltyHook):

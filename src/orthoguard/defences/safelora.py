@@ -18,8 +18,10 @@ applied to the modules it selects (the LoRA scale cancels in the cosine):
 A module whose update is zero has cos = 0 (``cosine_similarity``'s eps). Every quantity is computed from r x r
 products (never d_out x d_in): <X A, Y A>_F = tr(X^T Y A A^T).
 
-The attack's refusal probes during training see the attack before the projection (except a final probe that
-``on_train_end`` makes after it); the saved adapter, its diagnostics and the evaluation are the projected one.
+The attack trains unprojected; its refusal probes see it as SafeLoRA would deploy it at their step (projected, with
+the modules that step's similarities select: ``hooks.SafeLoRAHook.probed_as``), so its decay curve is the defence's
+dose-response; the saved adapter, its diagnostics and the evaluation are the projected one. (Until 2026-12-02 the
+probes saw the unprojected attack whenever the last step was a probe step, i.e. vanilla's curve.)
 """
 
 from __future__ import annotations
