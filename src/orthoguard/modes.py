@@ -28,6 +28,7 @@ class AttackMode:
     role: str = "defence"  # "undefended": the attack the defences are compared with; "defence": a defended attack
     blue_red: bool = False  # needs the blue and red LoRAs and their difference (the blue-red stages)
     has_controls: bool = False  # its variants can be random controls (random: same_rank | matched) of each other
+    post_hoc: bool = False  # changes nothing in training: applied to a trained vanilla attack where one trains alike (defences/posthoc.py)
     fields: tuple[str, ...] = ()  # variant settings (default None) that only this mode reads; others must leave them unset
 
     def check(self, variant: AttackVariant) -> None:

@@ -84,6 +84,10 @@ class Run:
             if folder != current and folder.name.rsplit("-", 1)[0] == stage:
                 shutil.rmtree(folder, ignore_errors=True)
 
+    def snapshot_dir(self, variant: str) -> Path:
+        """Where an attack keeps its LoRA at each probe step for the post-hoc defences applied to it."""
+        return self.path("snapshots", variant)
+
     def diagnostics_path(self, variant: str) -> Path:
         """Where an attack's weight-space diagnostics go (older runs kept them in its training log)."""
         return self.path("logs", f"diagnostics_{variant}.json")

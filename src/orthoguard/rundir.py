@@ -380,6 +380,7 @@ class TrainLog(RunFile):
     probes: list[ProbeRecord] | None = None
     projection: ProjectionLog | None = None
     defence: dict[str, Any] | None = None  # a literature defence's record (defences/: safelora's selection, asft's lambda)
+    applied_to: str | None = None  # a post-hoc defence: the vanilla attack whose training (losses) it projected
     diagnostics: dict[str, Any] | None = None  # older runs kept the weight-space diagnostics here
 
     @property

@@ -14,6 +14,8 @@ from __future__ import annotations
 import gc
 import logging
 import random
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -22,6 +24,7 @@ from orthoguard import data as D
 from orthoguard import distributed
 from orthoguard import tasks as T
 from orthoguard.config import AttackVariant, ExperimentConfig
+from orthoguard.defences import posthoc
 from orthoguard.diagnostics import weight_diagnostics
 from orthoguard.directions import compute_directions, module_factors, random_like, save_directions
 from orthoguard.errors import DataError
@@ -29,13 +32,13 @@ from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
 from orthoguard.families import get_family
 from orthoguard.generation import GenerationSettings, generate
 from orthoguard.io import read_jsonl, write_jsonl
-from orthoguard.models import load_with_adapters, record_base_model
+from orthoguard.models import load_with_adapters, lora_config, record_base_model
 from orthoguard.modes import get_mode
 from orthoguard.prompts import BENIGN_SET, HARMFUL_SET, load_prompt_set, prompt_set_name
 from orthoguard.regularization import blue_red_directions
-from orthoguard.rundir import AttackMixture, Diagnostics, Splits
+from orthoguard.rundir import AttackMixture, Diagnostics, Splits, TrainLog
 from orthoguard.seeding import derive_seed, lora_init_seed
-from orthoguard.training import RefusalProbe, train_lora
+from orthoguard.training import LoraSnapshots, RefusalProbe, snapshot_steps, train_lora
 
 if TYPE_CHECKING:
     from orthoguard.pipeline import Run
@@ -292,18 +295,25 @@ def _samples_to_records(samples) -> list[dict]:
     return [{"question": s.question, "source": s.source, "messages": list(s.messages)} for s in samples]
 
 
+def _refusal_probe(run: Run, tokenizer) -> RefusalProbe:
+    """The attacks' refusal probe: the probe split, ``attack.probe_*`` settings, the evaluation's judge."""
+    cfg = run.cfg
+    settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size, dtype=cfg.evaluation.dtype)
+    spec = cfg.evaluation.judge
+    cache = run.path("cache", f"judge.{spec.name}.jsonl") if spec.is_llm else None
+    return RefusalProbe(tokenizer, load_splits(run).probe, cfg.attack.probe_every, spec.build(), settings, cfg.seed,
+                        judge_cache=cache, judge_concurrency=spec.concurrency)
+
+
 def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], init_role: str,
-                 hooks=(), log_config=None, probe: bool = False):
+                 hooks=(), log_config=None, probe: bool = False, snapshots: Path | None = None):
     cfg = run.cfg
     model, tokenizer, precision = load_with_adapters(cfg.model, adapters_below)
     callbacks = []
     if probe and cfg.attack.probe_every:
-        prompts = load_splits(run).probe
-        settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size, dtype=cfg.evaluation.dtype)
-        spec = cfg.evaluation.judge
-        cache = run.path("cache", f"judge.{spec.name}.jsonl") if spec.is_llm else None
-        callbacks.append(RefusalProbe(tokenizer, prompts, cfg.attack.probe_every, spec.build(), settings, cfg.seed,
-                                      judge_cache=cache, judge_concurrency=spec.concurrency))
+        callbacks.append(_refusal_probe(run, tokenizer))
+    if snapshots is not None:
+        callbacks.append(LoraSnapshots(snapshots, cfg.attack.probe_every))
     dataset, dropped = D.build_sft_dataset(tokenizer, samples, train_cfg.max_length)
     if dropped:
         log.warning("%s: %d samples dropped (prompt longer than max_length %d)", mode, dropped, train_cfg.max_length)
@@ -474,8 +484,16 @@ def attack_set(run: Run, variant: AttackVariant) -> list:
 
 def _attack_derived(cfg: ExperimentConfig, v: AttackVariant) -> dict:
     mixture = cfg.attack.mixture_of(v)  # hashed only where set: the pure attack's keys are those of older configs
+    post_hoc = {"snapshots": True} if posthoc.applied_to(cfg, v) else {}
+    if (source := posthoc.source_of(cfg, v)) is not None:
+        post_hoc = {"applied_to": source.name}
     return {"variant": v.model_dump(mode="json"), "train": cfg.attack.training_for(v).model_dump(mode="json"),
-            "judge_version": cfg.evaluation.judge.version, **({"mixture": mixture} if mixture is not None else {})}
+            "judge_version": cfg.evaluation.judge.version, **({"mixture": mixture} if mixture is not None else {}),
+            **post_hoc}
+
+
+def _snapshot_outputs(run: Run, v: AttackVariant) -> list[Path]:
+    return [run.snapshot_dir(v.name)] if posthoc.applied_to(run.cfg, v) else []
 
 
 def attacked_adapters(run: Run) -> list[Path]:
@@ -490,10 +508,11 @@ def attacked_adapters(run: Run) -> list[Path]:
        derived=_attack_derived,
        upstream=lambda cfg, v: ["data", "synth", "refusal", "directions"] + get_mode(v.mode).upstream(cfg, v),
        outputs=lambda run, v: [run.adapter(f"attack-{v.name}"), run.log_path(v.name), run.diagnostics_path(v.name)]
-       + get_mode(v.mode).outputs(run, v) + mixture_paths(run, v),
+       + get_mode(v.mode).outputs(run, v) + mixture_paths(run, v) + _snapshot_outputs(run, v),
        files=("data.source", "model.name", "data.synthetic_data_path"))
 def stage_attack(run: Run, variant: AttackVariant) -> None:
-    """One attack LoRA; the variant's mode adds its training hooks (a projection, a penalty, nothing)."""
+    """One attack LoRA; the variant's mode adds its training hooks (a projection, a penalty, nothing). A post-hoc
+    defence with a vanilla variant that trains alike is applied to that attack instead (``defences.posthoc``)."""
     cfg = run.cfg
     samples = attack_set(run, variant)
     if distributed.is_main() and cfg.attack.mixture_of(variant) is None:
@@ -502,13 +521,47 @@ def stage_attack(run: Run, variant: AttackVariant) -> None:
     hooks = get_mode(variant.mode).hooks(run, variant, train_cfg)
     log_config = {"variant": variant.model_dump(mode="json"), "target": cfg.attack.target, **train_cfg.model_dump(mode="json")}
     adapter = run.adapter(f"attack-{variant.name}")
-    _train_stage(run, samples, train_cfg, adapter, variant.name, attacked_adapters(run), "attack", hooks=hooks,
-                 log_config=log_config, probe=True)
+    if (source := posthoc.source_of(cfg, variant)) is not None:
+        _post_hoc_stage(run, variant, source, hooks, adapter, log_config, len(samples))
+    else:
+        snapshots = run.snapshot_dir(variant.name) if posthoc.applied_to(cfg, variant) else None
+        _train_stage(run, samples, train_cfg, adapter, variant.name, attacked_adapters(run), "attack", hooks=hooks,
+                     log_config=log_config, probe=True, snapshots=snapshots)
     if distributed.is_main():
         d = cfg.directions
         found = run.adapter("refusal").is_dir()  # diagnostics compare with the refusal change; {} without it
         diagnostics = weight_diagnostics(adapter, run.adapter("refusal"), d.subspace_k, d.subspace_energy) if found else {}
         Diagnostics.parse(diagnostics).write(run.diagnostics_path(variant.name))
+
+
+def _post_hoc_stage(run: Run, variant: AttackVariant, source: AttackVariant, hooks, adapter: Path, log_config: dict,
+                    train_samples: int) -> None:
+    """The defence of ``hooks`` applied to ``source``'s snapshots: the adapter, and a training log with the source's
+    losses (the training is the source's), this variant's probes and the defence's record."""
+    from peft import get_peft_model
+
+    cfg = run.cfg
+    start = time.perf_counter()
+    model, tokenizer, _ = load_with_adapters(cfg.model, attacked_adapters(run))
+    peft_model = get_peft_model(model, lora_config(cfg.attack.training_for(variant).lora))
+    probe = _refusal_probe(run, tokenizer) if cfg.attack.probe_every else None
+    posthoc.apply(peft_model, hooks, snapshot_steps(run.snapshot_dir(source.name)), probe)
+    if not distributed.is_main():
+        return
+    staged = adapter.with_name(f".{adapter.name}.tmp")
+    shutil.rmtree(staged, ignore_errors=True)
+    peft_model.save_pretrained(str(staged), safe_serialization=True)
+    shutil.rmtree(adapter, ignore_errors=True)
+    staged.rename(adapter)
+    record_base_model(adapter, cfg.model.name)
+    trained = TrainLog.read(run.log_path(source.name))
+    record = {"mode": variant.name, "config": log_config, "train_samples": train_samples,
+              "seconds": round(time.perf_counter() - start, 2), "init_seed": trained.init_seed,
+              "world_size": trained.world_size, "losses": [r.model_dump(mode="json") for r in trained.losses],
+              "applied_to": source.name, **({"probes": probe.records} if probe is not None else {})}
+    for hook in hooks:
+        record.update(hook.log_fields())
+    TrainLog.parse(record, run.log_path(variant.name)).write(run.log_path(variant.name))
 
 
 def evaluated_models(cfg: ExperimentConfig) -> list[str]:

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from datasets import Dataset
+import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import (
     DataCollatorForSeq2Seq,
     PreTrainedModel,
@@ -123,7 +125,8 @@ class RefusalProbe(TrainerCallback):
         self.records: list[dict[str, Any]] = []
         self.views: list[Callable[[], Any]] = []  # the training hooks' ``probed_as`` (train_lora sets them)
 
-    def _probe(self, model, step: int) -> None:
+    def probe(self, model, step: int) -> None:
+        """Answer the probe prompts with ``model`` as it is now (inside the hooks' views) and record step ``step``."""
         side, was_training = self.tokenizer.padding_side, model.training
         with contextlib.ExitStack() as views:
             for view in self.views:
@@ -141,15 +144,66 @@ class RefusalProbe(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.records:  # a resumed run has its earlier probes back already
-            self._probe(model, 0)
+            self.probe(model, 0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
-            self._probe(model, state.global_step)
+            self.probe(model, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self.records or self.records[-1]["step"] != state.global_step:
-            self._probe(model, state.global_step)
+            self.probe(model, state.global_step)
+
+
+def lora_state(peft_model) -> dict[str, torch.Tensor]:
+    """The trainable LoRA tensors, by their saved names (``canonical_name``), as copies."""
+    return {canonical_name(n): p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_lora_state(peft_model, tensors: dict[str, torch.Tensor]) -> None:
+    """Put ``tensors`` (``lora_state``'s names) into the model's LoRA parameters; a missing or extra name is an error."""
+    live = {canonical_name(n): p for n, p in peft_model.named_parameters() if p.requires_grad}
+    if set(live) != set(tensors):
+        raise ValueError(f"LoRA snapshot does not fit the model: {len(set(live) ^ set(tensors))} tensors differ")
+    for name, p in live.items():
+        p.copy_(tensors[name])
+
+
+class LoraSnapshots(TrainerCallback):
+    """The LoRA tensors at every refusal-probe step (``every``; 0 and the last step included; 0: the last only) saved as
+    ``<folder>/step-<N>.safetensors``, each written whole or not at all: a post-hoc defence applied to this
+    attack later (``defences.posthoc``) probes what it would have deployed at the same steps."""
+
+    def __init__(self, folder: Path, every: int) -> None:
+        self.folder, self.every = Path(folder), every
+
+    def _save(self, model, step: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"step-{step}.safetensors"
+        staged = target.with_name(f".{target.name}.tmp")
+        save_file({k: v.contiguous() for k, v in lora_state(model).items()}, str(staged))
+        staged.replace(target)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and state.global_step == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)  # a fresh training: no snapshot of an earlier one survives
+            if self.every:
+                self._save(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and self.every and state.global_step % self.every == 0:
+            self._save(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and not (self.folder / f"step-{state.global_step}.safetensors").is_file():
+            self._save(model, state.global_step)
+
+
+def snapshot_steps(folder: Path) -> list[tuple[int, Path]]:
+    """(step, file) of the snapshots ``LoraSnapshots`` saved in ``folder``, in step order."""
+    found = [(int(f.stem.split("-")[1]), f) for f in Path(folder).glob("step-*.safetensors") if f.stem.split("-")[1].isdigit()]
+    return sorted(found)
 
 
 CHECKPOINT_STATE = "orthoguard_state.json"
@@ -306,6 +360,9 @@ class TrainingHook:
         """A context manager in which the model is what this mode deploys at the current step (a post-hoc
         defence's projection applied); the refusal probes answer inside it. Default: the model as trained."""
         return contextlib.nullcontext()
+
+    def finish(self) -> None:
+        """What the mode does to the trained adapter before it is saved (a post-hoc defence's projection)."""
 
 
 class ProjectionHook(TrainingHook):

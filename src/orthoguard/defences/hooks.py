@@ -27,8 +27,7 @@ class _ProjectAtTrainEnd(TrainerCallback):
         self.hook = hook
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.hook.record is None:
-            self.hook.record = safelora.project_(self.hook.pairs, self.hook.threshold, self.hook.layers)
+        self.hook.finish()
 
 
 class SafeLoRAHook(TrainingHook):
@@ -47,6 +46,10 @@ class SafeLoRAHook(TrainingHook):
 
     def log_fields(self):
         return {"defence": {**self.record, "v": self.source}} if self.record is not None else {}
+
+    def finish(self):
+        if self.record is None:
+            self.record = safelora.project_(self.pairs, self.threshold, self.layers)
 
     @contextlib.contextmanager
     def probed_as(self):

@@ -77,8 +77,14 @@ def project_(pairs: dict[str, dict], threshold: float | None = None, layers: int
 
 
 class SafeLoRA(AttackMode):
-    name, has_controls = "safelora", True
+    name, has_controls, post_hoc = "safelora", True, True
     fields = ("safelora_threshold", "safelora_layers")
+
+    def upstream(self, cfg, variant):
+        from orthoguard.defences.posthoc import source_of
+
+        source = source_of(cfg, variant)  # applied to that vanilla attack's snapshots instead of training again
+        return [f"attack:{source.name}"] if source is not None else []
 
     def check(self, variant):
         super().check(variant)
