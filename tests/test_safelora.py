@@ -394,3 +394,18 @@ def test_applied_to_a_vanilla_attacks_snapshots_it_equals_its_own_training(tmp_p
     assert replies["post-hoc"] == replies["safelora"]
     assert [r["verdicts"] for r in probes["post-hoc"].records] == [r["verdicts"] for r in probes["safelora"].records]
     assert any(replies["safelora"][s] != replies["vanilla"][s] for s in (2, 4, 6))
+
+
+def test_a_safelora_variant_listed_first_still_runs_after_the_vanilla_attack_it_is_applied_to():
+    from orthoguard.config import ExperimentConfig
+    from orthoguard.defences.posthoc import source_of
+    from orthoguard.pipeline import planned_stages
+
+    cfg = ExperimentConfig.model_validate({"attack": {"variants": [
+        {"name": "safelora", "mode": "safelora", "safelora_layers": 4},
+        {"name": "other", "mode": "safelora", "safelora_layers": 4, "training": {"learning_rate": 1.0e-3}},
+        {"name": "vanilla"}]}})
+    order = [name for name, _, _ in planned_stages(cfg) if name.startswith("attack:")]
+    assert order.index("attack:safelora") > order.index("attack:vanilla")
+    assert source_of(cfg, cfg.attack.variants[0]).name == "vanilla"
+    assert source_of(cfg, cfg.attack.variants[1]) is None  # trains differently: trains itself

@@ -308,13 +308,16 @@ def _refuse_stale_upstream(run: Run, steps, selected: set[str]) -> None:
 
 def planned_stages(cfg: ExperimentConfig) -> list[tuple[str, Stage, tuple]]:
     """(name, declaration, (variant,) or ()) of every stage this config runs, in order; a matched control is sized
-    from its defence's training, so it trains after every other variant."""
+    from its defence's training, and a post-hoc defence applied to a vanilla attack's snapshots, so both come after
+    every variant that trains."""
+    from orthoguard.defences.posthoc import source_of
+
     steps = []
     for s in STAGES:
         if s.when is not None and not s.when(cfg):
             continue
         if s.per_variant:
-            for v in sorted(cfg.attack.variants, key=lambda v: v.random == "matched"):
+            for v in sorted(cfg.attack.variants, key=lambda v: v.random == "matched" or source_of(cfg, v) is not None):
                 steps.append((f"{s.name}:{v.name}", s, (v,)))
         else:
             steps.append((s.name, s, ()))
