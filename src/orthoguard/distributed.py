@@ -7,6 +7,7 @@ helpers are no-ops.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -27,6 +28,14 @@ def init(cpu: bool) -> None:
         from accelerate import PartialState
 
         PartialState(cpu=cpu)
+        atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    """Leave the process group while the interpreter is still whole: left to the teardown, gloo's threads can
+    abort the exit of a rank that has finished everything (SIGABRT, "terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def active() -> bool:
