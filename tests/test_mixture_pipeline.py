@@ -96,14 +96,19 @@ def test_a_pure_attack_has_no_mixture_and_dumps_without_the_new_keys():
 # Stage keys
 
 # The cpu-demo's stage keys: attack.harmful_ratio / samples / benign_task and evaluation.fa_items left them as they
-# were. (Change this only with a deliberate key change: the last was synth.drop_refusals, 2026-12-02, which changes
-# the synth stage's key and so every key after it; evaluation.batch_size 128 was tried and reverted.)
+# were. (Change this only with a deliberate key change: the last was the evaluation split into one eval:<model> stage
+# per model, 2026-12-02, which changed the evaluate key (it chains on them); before it synth.drop_refusals, which
+# changes the synth stage's key and so every key after it; evaluation.batch_size 128 was tried and reverted.)
 DEMO_KEYS = {
     "data": "6e2a3f25362d56ec", "synth": "0d0db6e138e196c7", "benign": "315f70c915bed560",
     "refusal": "f1d3fe68f033e7aa", "directions": "003fe5a51a69929b", "attack:vanilla": "a09170166a0c6ed2",
     "attack:orthogonal": "5c02a77a585d4089", "attack:orthogonal-random": "5ed78feafb8e90b5", "attack:subspace": "ebc1b8f35f08722d",
     "attack:subspace-random": "b69c5ef8dd768ee0", "attack:orthogonal-matched": "195022e40e093cec", "attack:subspace-matched": "a6bb54e4452583e7",
-    "evaluate": "c3a55026307a3807",
+    "eval:base": "5ae865aef1f39d0f", "eval:aligned": "8c7e6109aacda7e5", "eval:vanilla": "ff972225f16cf8f2",
+    "eval:orthogonal": "5e39a8dfeb05ae81", "eval:orthogonal-random": "808d083eb26596f0",
+    "eval:orthogonal-matched": "b075645ab70ea6f3", "eval:subspace": "c8fec0d62305b358",
+    "eval:subspace-random": "a17f9fa478f4d688", "eval:subspace-matched": "d274eecbd30af753",
+    "evaluate": "f78ae50af313cbef",
 }
 
 
@@ -119,13 +124,14 @@ def test_the_defaults_written_out_do_not_change_a_key():
 def test_what_each_setting_changes():
     plain = _keys(load_config(DEMO))
     # a benign task with p = 1: the pure attack, plus fine-tune accuracy in the evaluation
+    evaluation = {n for n in plain if n.startswith("eval:")} | {"evaluate"}
     task = _keys(load_config(DEMO, {"attack.benign_task": "sst2"}))
-    assert {n for n in plain if plain[n] != task[n]} == {"evaluate"}
+    assert {n for n in plain if plain[n] != task[n]} == evaluation
     fa = _keys(load_config(DEMO, {"attack.benign_task": "sst2", "evaluation.fa_items": 50}))
-    assert {n for n in plain if task[n] != fa[n]} == {"evaluate"}
+    assert {n for n in plain if task[n] != fa[n]} == evaluation
     # a mixture changes every attack and the evaluation, nothing upstream
     mixed = _keys(load_config(DEMO, {"attack.benign_task": "sst2", "attack.samples": 40, "attack.harmful_ratio": 0.5}))
-    assert {n for n in plain if plain[n] != mixed[n]} == {n for n in plain if n.startswith("attack:")} | {"evaluate"}
+    assert {n for n in plain if plain[n] != mixed[n]} == {n for n in plain if n.startswith("attack:")} | evaluation
 
 
 # ---------------------------------------------------------------------------------------------------------

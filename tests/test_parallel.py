@@ -61,7 +61,7 @@ def _config(tmp_path, model_dir, name="tiny", variants=None, attack_training=Non
 # The graph and the cluster section (no processes)
 
 
-def test_attacks_read_only_the_refusal_adapter_and_directions_and_the_evaluation_every_attack():
+def test_attacks_read_only_the_refusal_adapter_and_directions_and_each_evaluation_only_its_model():
     cfg = load_config(CONFIGS / "qwen3-matched.yaml")
     graph = stage_graph(cfg)
     attacks = [n for n in graph if n.startswith("attack:")]
@@ -72,10 +72,17 @@ def test_attacks_read_only_the_refusal_adapter_and_directions_and_the_evaluation
             assert extra == {"attack:" + name.removeprefix("attack:").removesuffix("-matched")}
         else:
             assert not extra, name
-    assert set(attacks) <= set(graph["evaluate"])
+    evals = [n for n in graph if n.startswith("eval:")]
+    assert sorted(evals) == sorted(["eval:base", "eval:aligned"] + [a.replace("attack:", "eval:") for a in attacks])
+    for name in evals:  # one model's evaluation reads its own adapters' stages and nothing of another model
+        model = name.removeprefix("eval:")
+        assert [u for u in graph[name] if u.startswith("attack:")] == ([] if model in ("base", "aligned") else [f"attack:{model}"])
+        assert ("refusal" in graph[name]) == (model != "base")
+    assert set(evals) <= set(graph["evaluate"]) and not [u for u in graph["evaluate"] if u.startswith("attack:")]
     # the numbers the README gives
-    assert expected_jobs(cfg) == 19 and expected_jobs(cfg, seeds=3) == 57
-    assert expected_jobs(load_config(CONFIGS / "qwen3-seed.yaml")) == 8
+    assert expected_jobs(cfg) == 34 and expected_jobs(cfg, seeds=3) == 102
+    assert expected_jobs(load_config(CONFIGS / "qwen3-seed.yaml")) == 12
+    assert expected_jobs(load_config(CONFIGS / "cpu-study.yaml")) == 86
 
 
 def test_cluster_resources_per_stage_kind_and_stage(tmp_path):
@@ -202,9 +209,9 @@ def test_two_local_workers_give_the_serial_runs_adapters_and_rates(tmp_path, tin
     with caplog.at_level("INFO", logger="orthoguard.parallel"):
         assert main(["run", str(path), "--run-dir", str(parallel), "--jobs", "2"]) == 0
     submitted = [r.getMessage() for r in caplog.records if "submitted as job" in r.getMessage()]
-    assert len(submitted) == len(stage_graph(load_config(path))) == 10  # one process per stage
-    # the evaluate stage evaluated its 6 models (base, aligned, 4 attacks) in processes of their own
-    assert len([d for d in (parallel / "jobs" / "evaluate").iterdir() if d.name.isdigit()]) == 6
+    assert len(submitted) == len(stage_graph(load_config(path))) == 16  # one process per stage
+    # each of the 6 models (base, aligned, 4 attacks) was evaluated in a process of its own
+    assert sum("stage eval:" in m for m in submitted) == 6
 
     want, got = _adapters(serial), _adapters(parallel)
     assert set(want) == set(got) == {"refusal", "attack-vanilla", "attack-orthogonal", "attack-subspace",
@@ -259,7 +266,8 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker process through /proc")
 def test_a_killed_worker_reruns_alone(tmp_path, tiny_model_dir):
     """SIGKILL the worker of one attack in the middle of its training: the driver lets the other stages finish, fails
-    naming the stage, and the next `run --jobs 2` redoes only that attack (from its checkpoint) and the evaluation."""
+    naming the stage, and the next `run --jobs 2` redoes only that attack (from its checkpoint), its evaluation and the
+    summary."""
     variants = [{"name": "vanilla", "training": {"max_steps": 2}},
                 {"name": "subspace", "mode": "orthogonal", "directions": "subspace", "at": "update"}]
     path = _config(tmp_path, tiny_model_dir, variants=variants, attack_training={"max_steps": 12, "save_steps": 3})
@@ -290,17 +298,18 @@ def test_a_killed_worker_reruns_alone(tmp_path, tiny_model_dir):
     stderr = "".join(lines)
     assert killed, f"the worker was not killed mid-training: {stderr[-3000:]}"
     assert proc.returncode == 2, stderr[-3000:]
-    assert "stage 'attack:subspace' failed" in stderr and "1 more stage(s) read from it and did not run" in stderr
+    assert "stage 'attack:subspace' failed" in stderr and "2 more stage(s) read from it and did not run" in stderr
     assert not (run / "adapters/attack-subspace").exists()
     first = json.loads((run / "stages.json").read_text())
-    assert set(first) == {"data", "synth", "benign", "refusal", "directions", "attack:vanilla"}, "nothing half-recorded"
+    assert set(first) == {"data", "synth", "benign", "refusal", "directions", "attack:vanilla",
+                          "eval:base", "eval:aligned", "eval:vanilla"}, "the others finished, nothing half-recorded"
 
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     after = json.loads((run / "stages.json").read_text())
-    assert set(after) == set(first) | {"attack:subspace", "evaluate"}
+    assert set(after) == set(first) | {"attack:subspace", "eval:subspace", "evaluate"}
     assert all(after[n] == first[n] for n in first), "a completed stage was redone"
     submitted = re.findall(r"stage (\S+) submitted as job", done.stderr)
-    assert sorted(submitted) == ["attack:subspace", "evaluate"]
+    assert sorted(submitted) == ["attack:subspace", "eval:subspace", "evaluate"]
     log = json.loads((run / "logs/training_loss_subspace.json").read_text())
     assert 6 <= log["resumed_from_step"] < 12 and [r["step"] for r in log["losses"]] == list(range(1, 13))

@@ -117,7 +117,7 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     assert main(["run", str(path)]) == 0  # everything is up to date
     assert json.loads((run / "stages.json").read_text()) == stamps
 
-    # changing one variant's training redoes that variant and the evaluation, nothing upstream
+    # changing one variant's training redoes that variant, its evaluation and the summary, nothing upstream
     variants = load_config(path).attack.model_dump(mode="json")["variants"]
     variants[0]["training"] = {"learning_rate": 1e-3}
     changed = load_config(path, {"attack.variants": variants})
@@ -125,7 +125,7 @@ def test_run_end_to_end_then_skips_up_to_date_stages(tmp_path, tiny_model_dir, c
     assert main(["run", str(path)]) == 0
     after = json.loads((run / "stages.json").read_text())
     redone = {name for name in after if after[name]["finished"] != stamps[name]["finished"] or after[name]["key"] != stamps[name]["key"]}
-    assert redone == {"attack:vanilla", "evaluate"}
+    assert redone == {"attack:vanilla", "eval:vanilla", "evaluate"}
 
 
 def test_overlapping_splits_stop_the_run(tmp_path, tiny_model_dir, capsys):
@@ -208,7 +208,8 @@ def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_mod
     config["rms_norm_eps"] = config["rms_norm_eps"] * 2
     (model / "config.json").write_text(json.dumps(config))
     redone = _rerun(path, run, caplog)
-    assert redone == {"synth", "benign", "refusal", "directions", "attack:vanilla", "evaluate"}
+    assert redone == {"synth", "benign", "refusal", "directions", "attack:vanilla", "eval:base", "eval:aligned", "eval:vanilla",
+                      "evaluate"}
     assert f"input changed: {model.resolve()}" in caplog.text
 
 
@@ -223,13 +224,13 @@ def test_changed_inputs_and_damaged_outputs_redo_their_stages(tmp_path, tiny_mod
     caplog.clear()
     assert main(["run", str(path), "--output-dir", str(moved)]) == 0
     stage_messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage ")]
-    assert len(stage_messages) == 7 and all(m.endswith("up to date, skipped") for m in stage_messages), stage_messages
+    assert len(stage_messages) == 10 and all(m.endswith("up to date, skipped") for m in stage_messages), stage_messages
 
 
 def test_a_stage_reruns_when_a_value_it_reads_changes(tmp_path, tiny_model_dir, caplog, monkeypatch):
     """The refusal probes of the attack stages generate with evaluation.batch_size and judge with evaluation.judge:
-    changing the batch size redoes every attack and the evaluation; evaluation.max_new_tokens, read by the
-    evaluation alone, redoes only it. HarmfulQA is read once per run, and the attack set built once."""
+    changing the batch size redoes every attack and every model's evaluation; evaluation.max_new_tokens, read by
+    the evaluation alone, redoes only it. HarmfulQA is read once per run, and the attack set built once."""
     from orthoguard import data as D
 
     calls = {"load_harmfulqa": 0, "attack_samples": 0}
@@ -248,17 +249,18 @@ def test_a_stage_reruns_when_a_value_it_reads_changes(tmp_path, tiny_model_dir, 
     path = _config(tmp_path, tiny_model_dir, attack__variants=variants, evaluation__prompt_sets=[])
     run = tmp_path / "run"
     assert main(["run", str(path)]) == 0
-    # once for both attack variants, once for the evaluation's held-out attack questions
-    assert calls == {"load_harmfulqa": 1, "attack_samples": 2}
+    # once for both attack variants, once per evaluated model for its held-out attack loss (each is a stage of its own)
+    assert calls == {"load_harmfulqa": 1, "attack_samples": 1 + 4}
 
     cfg = yaml.safe_load(path.read_text())
     cfg["evaluation"]["batch_size"] = 2
     path.write_text(yaml.safe_dump(cfg))
-    assert _rerun(path, run, caplog) == {"attack:vanilla", "attack:orthogonal", "evaluate"}
+    evaluations = {"eval:base", "eval:aligned", "eval:vanilla", "eval:orthogonal"}
+    assert _rerun(path, run, caplog) == {"attack:vanilla", "attack:orthogonal", "evaluate"} | evaluations
 
     cfg["evaluation"]["max_new_tokens"] = 6
     path.write_text(yaml.safe_dump(cfg))
-    assert _rerun(path, run, caplog) == {"evaluate"}
+    assert _rerun(path, run, caplog) == {"evaluate"} | evaluations
 
 
 def _one_variant_config(tmp_path, model_dir, judge) -> str:

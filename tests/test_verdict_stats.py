@@ -198,7 +198,7 @@ def test_summary_md_and_summary_json_carry_the_no_verdict_counts(tmp_path, monke
     verdicts = {"vanilla": {HARMFUL: [True, None, False, None, True], BENIGN: [False, False]},
                 "aligned": {HARMFUL: [True, True, None, True, True], BENIGN: [None, False]}}
 
-    def fake_evaluate_model(cfg, name, adapters, prompt_sets, judge, utility=None, judge_cache=None):
+    def fake_evaluate_model(cfg, name, adapters, prompt_sets, judge, utility=None, judge_cache=None, records_dir=None):
         return {ps.name: [{**r, "response": "", "refused": v} for r, v in zip(ps.records(), verdicts[name][ps.name])]
                 for ps in prompt_sets}, {}
 

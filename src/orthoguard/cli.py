@@ -204,7 +204,7 @@ def cmd_evaluate(args) -> None:
     if args.config:
         cfg = _experiment(args.config, args.set)
         _check_run_dir(args, cfg)
-        run = run_pipeline(cfg, args.run_dir, force=args.force, only={"evaluate"})
+        run = run_pipeline(cfg, args.run_dir, force=args.force, only={"eval", "evaluate"})  # every model, then the summary
         print(run.path("results", "summary.md").read_text())
         return
     # The seed's form: one base model and adapters applied to it one at a time.

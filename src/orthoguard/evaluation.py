@@ -126,18 +126,33 @@ def evaluate_model(cfg: ExperimentConfig, name: str, adapters: list[Path], promp
     return out, util
 
 
-# set by a `run --jobs N` worker: (cfg, models, prompt_sets, utility, judge_cache, fa_records) -> {model: (records,
-# utility)} computed in processes of their own; None: each model in turn, in this process
-MODEL_FAN_OUT = None
+def judge_cache_path(cfg: ExperimentConfig, out_dir: Path) -> Path | None:
+    """The LLM judge's verdict cache of a run's results (none for the keyword judge)."""
+    spec = cfg.evaluation.judge
+    return Path(out_dir) / "cache" / f"judge.{spec.name}.jsonl" if spec.is_llm else None
 
 
 def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt_sets: list[PromptSet], out_dir: Path,
                     utility: UtilityData | None = None, extra: dict | None = None) -> dict:
-    """Every model on every prompt set; writes the seed's schema, per-set JSONL and ``summary.json``/``.md``."""
+    """Every model on every prompt set, one after another in this process, then ``summarize_models``."""
+    out_dir = Path(out_dir)
+    judge = cfg.evaluation.judge.build()
+    records_dir = out_dir if utility is not None and utility.task is not None else None
+    evaluated = {name: evaluate_model(cfg, name, adapters, prompt_sets, judge, utility, judge_cache_path(cfg, out_dir),
+                                      records_dir=records_dir)
+                 for name, adapters in models.items()}
+    return summarize_models(cfg, evaluated, models, prompt_sets, out_dir, extra)
+
+
+def summarize_models(cfg: ExperimentConfig, evaluated: dict[str, tuple[dict[str, list[dict]], dict]],
+                     models: dict[str, list[Path]], prompt_sets: list[PromptSet], out_dir: Path,
+                     extra: dict | None = None) -> dict:
+    """The models' judged records and utility (``evaluate_model``'s, per model) brought together: the harm judge's
+    readings, rates, per-category rates, paired tests; writes the seed's schema, per-set JSONL and
+    ``summary.json``/``.md``."""
     out_dir = Path(out_dir)
     spec = cfg.evaluation.judge
     judge = spec.build()
-    judge_cache = out_dir / "cache" / f"judge.{spec.name}.jsonl" if spec.is_llm else None
     harm_spec = cfg.evaluation.harm_judge
     harm_judge = harm_spec.build() if harm_spec is not None else None
     summary = {
@@ -150,12 +165,8 @@ def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt
         "models": {}, "categories": {}, "utility": {}, "versions": versions(), **(extra or {}),
     }
     records: dict[str, dict[str, list[dict]]] = {}
-    fa_records = {"records_dir": out_dir} if utility is not None and utility.task is not None else {}
-    # `run --jobs N`: every model in a process of its own (orthoguard.parallel.fan_out_models); the rest as serial
-    evaluated = MODEL_FAN_OUT(cfg, models, prompt_sets, utility, judge_cache, fa_records) if MODEL_FAN_OUT else {}
-    for name, adapters in models.items():
-        per_set, util = evaluated[name] if name in evaluated else \
-            evaluate_model(cfg, name, adapters, prompt_sets, judge, utility, judge_cache, **fa_records)
+    for name in models:
+        per_set, util = evaluated[name]
         records[name] = per_set
         if harm_judge is not None:
             summary.setdefault("harm", {})[name] = harm_readings(per_set, [ps.name for ps in prompt_sets if ps.harmful],

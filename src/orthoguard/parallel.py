@@ -1,8 +1,9 @@
 """Independent stages at once: ``orthoguard run CONFIG --jobs N`` (local processes) and ``--executor slurm``.
 
 The stages' declarations (``upstream`` in ``orthoguard.stages``) make a graph: every attack variant reads only
-data, synth, refusal and the direction files (a matched control also its defence), the evaluation only the
-adapters. This module walks that graph and hands every stage whose upstream stages are done to a submitit
+data, synth, refusal and the direction files (a matched control also its defence, a post-hoc defence the vanilla
+attack it is applied to), each model's evaluation (``eval:<model>``) only its adapters, and ``evaluate`` (the
+summary) every model's evaluation. This module walks that graph and hands every stage whose upstream stages are done to a submitit
 executor, one process (or SLURM job) per stage:
 
 - ``local``: submitit's ``LocalExecutor``, at most ``--jobs`` stages at once; on a GPU machine each worker sees
@@ -110,9 +111,8 @@ def slurm_parameters(cfg: ExperimentConfig, name: str) -> dict[str, Any]:
 
 
 def run_stage_job(cfg: ExperimentConfig, run_dir: str, name: str, force: bool = False, threads: int | None = None,
-                  device: str | None = None, fan_out: tuple[int, list[str]] | None = None) -> str:
-    """The body of one worker (a submitit job): the ordinary pipeline restricted to stage ``name``. ``fan_out``
-    (jobs, GPUs): the evaluate stage evaluates its models in that many processes of their own."""
+                  device: str | None = None) -> str:
+    """The body of one worker (a submitit job): the ordinary pipeline restricted to stage ``name``."""
     if device is not None:  # before torch initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     if threads is not None and cfg.threads is None:
@@ -128,64 +128,8 @@ def run_stage_job(cfg: ExperimentConfig, run_dir: str, name: str, force: bool = 
 
     log.info("stage %s in process %d (threads %s, CUDA_VISIBLE_DEVICES=%s)", name, os.getpid(),
              os.environ.get("ORTHOGUARD_THREADS", "default"), os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
-    if fan_out is not None and name == "evaluate":
-        from orthoguard import evaluation
-
-        evaluation.MODEL_FAN_OUT = fan_out_models(fan_out[0], fan_out[1], threads, Path(run_dir) / "jobs" / "evaluate")
     run_pipeline(cfg, run_dir, force=force, only={name}, exact=True)
     return name
-
-
-def evaluate_model_job(cfg: ExperimentConfig, name: str, adapters: list, prompt_sets: list, utility: Any,
-                       judge_cache: Path | None, fa_records: dict, threads: int | None, device: str | None):
-    """One model of the evaluate stage in its own process (``fan_out_models``): ``evaluation.evaluate_model``."""
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-    from orthoguard.hardware import configure_threads, prepare_environment
-
-    prepare_environment()
-    configure_threads(cfg.threads or threads)
-    from orthoguard.evaluation import evaluate_model
-
-    return evaluate_model(cfg, name, adapters, prompt_sets, cfg.evaluation.judge.build(), utility, judge_cache,
-                          **fa_records)
-
-
-def fan_out_models(jobs: int, gpus: list[str], threads: int | None, folder: Path):
-    """The evaluate stage's models, each in its own process (at most ``jobs`` at once, round-robin over ``gpus``):
-    ``evaluation.evaluate_models`` asks this for every model's records and utility, then computes the statistics
-    and writes the summary itself, as in the serial run."""
-    def evaluate_all(cfg, models: dict, prompt_sets, utility, judge_cache, fa_records) -> dict:
-        import submitit
-
-        executor = submitit.LocalExecutor(folder=folder / "%j")
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0)
-        todo, running, results, free = list(models.items()), {}, {}, list(range(jobs))
-        try:
-            while todo or running:
-                while todo and free:
-                    (name, adapters), slot = todo.pop(0), free.pop(0)
-                    device = gpus[slot % len(gpus)] if gpus else None
-                    running[name] = (executor.submit(evaluate_model_job, cfg, name, adapters, prompt_sets, utility,
-                                                     judge_cache, fa_records, threads, device), slot)
-                    log.info("evaluate: model %s submitted as job %s", name, running[name][0].job_id)
-                for name, (job, slot) in list(running.items()):
-                    if job.done():
-                        del running[name]
-                        free.append(slot)
-                        try:
-                            results[name] = job.result()
-                        except Exception as exc:  # noqa: BLE001
-                            raise OrthoguardError(f"evaluating model '{name}' failed: {_failure_line(exc)} "
-                                                  f"(log: {_log_path(job)})") from None
-                time.sleep(0.2)
-        except BaseException:
-            for job, _ in running.values():
-                job.cancel(check=False)
-            raise
-        return results
-
-    return evaluate_all
 
 
 try:  # submitit is the optional `cluster` extra: without it only the serial run is available
@@ -247,11 +191,11 @@ class Executor:
         if self.kind == "local":
             self.executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0)
             device = self.gpus[slot % len(self.gpus)] if self.gpus else None
-            threads, fan_out = self.threads, (self.jobs, self.gpus) if self.jobs > 1 else None
+            threads = self.threads
         else:
             self.executor.update_parameters(**slurm_parameters(node.cfg, node.name))
-            device, threads, fan_out = None, stage_resources(node.cfg, node.name).cpus_per_job, None
-        return self.executor.submit(StageJob(), node.cfg, str(node.run_dir), node.name, force, threads, device, fan_out)
+            device, threads = None, stage_resources(node.cfg, node.name).cpus_per_job
+        return self.executor.submit(StageJob(), node.cfg, str(node.run_dir), node.name, force, threads, device)
 
     @property
     def poll_seconds(self) -> float:

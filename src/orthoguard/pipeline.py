@@ -319,6 +319,9 @@ def planned_stages(cfg: ExperimentConfig) -> list[tuple[str, Stage, tuple]]:
         if s.per_variant:
             for v in sorted(cfg.attack.variants, key=lambda v: v.random == "matched" or source_of(cfg, v) is not None):
                 steps.append((f"{s.name}:{v.name}", s, (v,)))
+        elif s.per_model:
+            for model in evaluated_models(cfg):
+                steps.append((f"{s.name}:{model}", s, (model,)))
         else:
             steps.append((s.name, s, ()))
     return steps

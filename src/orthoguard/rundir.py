@@ -257,6 +257,15 @@ def _judge_words(judge: str | dict[str, Any] | None) -> str | None:
     return judge
 
 
+class ModelEvaluation(RunFile):
+    """``results/models/<model>.json``: one model's judged records per prompt set and its utility (the
+    ``eval:<model>`` stage); the ``evaluate`` stage brings every model's together into ``summary.json``."""
+
+    model: str
+    records: dict[str, list[dict[str, Any]]]
+    utility: dict[str, Any] = {}
+
+
 class Summary(RunFile):
     """``results/summary.json``: every model's rates per prompt set, paired tests, utility and run facts."""
 

@@ -28,7 +28,7 @@ from orthoguard.defences import posthoc
 from orthoguard.diagnostics import weight_diagnostics
 from orthoguard.directions import compute_directions, module_factors, random_like, save_directions
 from orthoguard.errors import DataError
-from orthoguard.evaluation import PromptSet, UtilityData, evaluate_models
+from orthoguard.evaluation import PromptSet, UtilityData, evaluate_model, judge_cache_path, summarize_models
 from orthoguard.families import get_family
 from orthoguard.generation import GenerationSettings, generate
 from orthoguard.io import read_jsonl, write_jsonl
@@ -36,7 +36,7 @@ from orthoguard.models import load_with_adapters, lora_config, record_base_model
 from orthoguard.modes import get_mode
 from orthoguard.prompts import BENIGN_SET, HARMFUL_SET, load_prompt_set, prompt_set_name
 from orthoguard.regularization import blue_red_directions
-from orthoguard.rundir import AttackMixture, Diagnostics, Splits, TrainLog
+from orthoguard.rundir import AttackMixture, Diagnostics, ModelEvaluation, Splits, TrainLog
 from orthoguard.seeding import derive_seed, lora_init_seed
 from orthoguard.training import LoraSnapshots, RefusalProbe, snapshot_steps, train_lora
 
@@ -58,6 +58,7 @@ class Stage:
     files: tuple[str | Callable[[ExperimentConfig], list[str]], ...] = ()
     when: Callable[[ExperimentConfig], bool] | None = None
     per_variant: bool = False
+    per_model: bool = False  # once per evaluated model (``eval:<model>``); its callables take the model's name
 
     def payload(self, cfg: ExperimentConfig, *variant: AttackVariant) -> dict[str, Any]:
         """What the config hash covers: every declared config value, and the derived ones."""
@@ -581,14 +582,8 @@ def harm_judge_version(cfg: ExperimentConfig) -> dict:
     return {"harm_judge_version": harm.version} if harm is not None else {}
 
 
-@stage("evaluate", reads=("model", "evaluation", "attack.target", "data.benign_reference_prompts"),
-       derived=lambda cfg: {"models": sorted(evaluated_models(cfg)), "judge_version": cfg.evaluation.judge.version,
-                            **fa_settings(cfg), **harm_judge_version(cfg)},
-       upstream=lambda cfg: ["data", "synth", "refusal"] + [f"attack:{v.name}" for v in cfg.attack.variants],
-       outputs=lambda run: [run.path("results", "local_refusal_test.json"), run.path("results", "summary.json")],
-       files=("data.source", "model.name", "data.synthetic_data_path",
-              lambda cfg: [ref.name for ref in cfg.evaluation.prompt_sets]))
-def stage_evaluate(run: Run) -> dict:
+def evaluation_prompt_sets(run: Run) -> list[PromptSet]:
+    """The held-out harmful questions, the harmless instructions and the config's registered prompt sets."""
     cfg = run.cfg
     splits = load_splits(run)
     prompt_sets = [PromptSet(HARMFUL_SET, splits.test, harmful=True), PromptSet(BENIGN_SET, splits.benign_eval, harmful=False)]
@@ -596,7 +591,55 @@ def stage_evaluate(run: Run) -> dict:
         recs = load_prompt_set(ref.name, limit=ref.limit, seed=cfg.seed)
         prompt_sets.append(PromptSet(prompt_set_name(ref.name), [r.prompt for r in recs], harmful=recs[0].harmful if recs else True,
                                      ids=[str(r.id) for r in recs], categories=[r.category for r in recs]))
-    return evaluate_models(cfg, evaluated_adapters(run), prompt_sets, run.path("results"), utility_data(run), run_facts(run))
+    return prompt_sets
+
+
+def model_upstream(cfg: ExperimentConfig, model: str) -> list[str]:
+    """What evaluating one model reads: the splits, the attack answers (held-out loss), its adapters' stages."""
+    return ["data", "synth"] + (["refusal"] if model != "base" else []) + \
+        ([f"attack:{model}"] if model not in ("base", "aligned") else [])
+
+
+def model_outputs(run: Run, model: str) -> list[Path]:
+    fa = [run.path("results", "fine_tune_accuracy", f"{model}.jsonl")] if run.cfg.attack.benign_task is not None else []
+    return [run.path("results", "models", f"{model}.json")] + fa
+
+
+_EVALUATION_FILES = ("data.source", "model.name", "data.synthetic_data_path",
+                     lambda cfg: [ref.name for ref in cfg.evaluation.prompt_sets])
+
+
+@stage("eval", per_model=True,
+       reads=("model", "attack.target", "data.benign_reference_prompts"),
+       derived=lambda cfg, m: {"model": m, "judge_version": cfg.evaluation.judge.version, **fa_settings(cfg),
+                               "evaluation": cfg.evaluation.model_dump(mode="json", exclude={"harm_judge"})},
+       upstream=model_upstream, outputs=model_outputs, files=_EVALUATION_FILES)
+def stage_eval_model(run: Run, model: str) -> None:
+    """One model on every prompt set, judged, with its utility: ``results/models/<model>.json``. Each model is a
+    stage of its own, so ``run --jobs N`` and ``--executor slurm`` evaluate models side by side."""
+    cfg = run.cfg
+    utility = utility_data(run)
+    records_dir = run.path("results") if utility.task is not None else None
+    per_set, util = evaluate_model(cfg, model, evaluated_adapters(run)[model], evaluation_prompt_sets(run),
+                                   cfg.evaluation.judge.build(), utility, judge_cache_path(cfg, run.path("results")),
+                                   records_dir=records_dir)
+    ModelEvaluation(model=model, records=per_set, utility=util).write(run.path("results", "models", f"{model}.json"))
+
+
+@stage("evaluate", reads=("model", "evaluation", "attack.target", "data.benign_reference_prompts"),
+       derived=lambda cfg: {"models": sorted(evaluated_models(cfg)), "judge_version": cfg.evaluation.judge.version,
+                            **fa_settings(cfg), **harm_judge_version(cfg)},
+       upstream=lambda cfg: ["data", "synth", "refusal"] + [f"eval:{m}" for m in evaluated_models(cfg)],
+       outputs=lambda run: [run.path("results", "local_refusal_test.json"), run.path("results", "summary.json")],
+       files=_EVALUATION_FILES)
+def stage_evaluate(run: Run) -> dict:
+    """Every model's evaluation brought together: rates, paired tests, the harm judge, ``summary.json``."""
+    models = evaluated_adapters(run)
+    evaluated = {}
+    for name in models:
+        record = ModelEvaluation.read(run.path("results", "models", f"{name}.json"))
+        evaluated[name] = (record.records, record.utility)
+    return summarize_models(run.cfg, evaluated, models, evaluation_prompt_sets(run), run.path("results"), run_facts(run))
 
 
 def fa_settings(cfg: ExperimentConfig) -> dict:
