@@ -132,14 +132,20 @@ def judge_cache_path(cfg: ExperimentConfig, out_dir: Path) -> Path | None:
     return Path(out_dir) / "cache" / f"judge.{spec.name}.jsonl" if spec.is_llm else None
 
 
+def evaluate_model_in(out_dir: Path, cfg: ExperimentConfig, name: str, adapters: list[Path],
+                      prompt_sets: list[PromptSet], judge, utility: UtilityData | None = None):
+    """``evaluate_model`` for a results folder: the judge's cache there and, with a benign task, the FA records."""
+    out_dir = Path(out_dir)
+    records_dir = out_dir if utility is not None and utility.task is not None else None
+    return evaluate_model(cfg, name, adapters, prompt_sets, judge, utility, judge_cache_path(cfg, out_dir),
+                          records_dir=records_dir)
+
+
 def evaluate_models(cfg: ExperimentConfig, models: dict[str, list[Path]], prompt_sets: list[PromptSet], out_dir: Path,
                     utility: UtilityData | None = None, extra: dict | None = None) -> dict:
     """Every model on every prompt set, one after another in this process, then ``summarize_models``."""
-    out_dir = Path(out_dir)
     judge = cfg.evaluation.judge.build()
-    records_dir = out_dir if utility is not None and utility.task is not None else None
-    evaluated = {name: evaluate_model(cfg, name, adapters, prompt_sets, judge, utility, judge_cache_path(cfg, out_dir),
-                                      records_dir=records_dir)
+    evaluated = {name: evaluate_model_in(out_dir, cfg, name, adapters, prompt_sets, judge, utility)
                  for name, adapters in models.items()}
     return summarize_models(cfg, evaluated, models, prompt_sets, out_dir, extra)
 

@@ -28,7 +28,7 @@ from orthoguard.defences import posthoc
 from orthoguard.diagnostics import weight_diagnostics
 from orthoguard.directions import compute_directions, module_factors, random_like, save_directions
 from orthoguard.errors import DataError
-from orthoguard.evaluation import PromptSet, UtilityData, evaluate_model, judge_cache_path, summarize_models
+from orthoguard.evaluation import PromptSet, UtilityData, evaluate_model_in, summarize_models
 from orthoguard.families import get_family
 from orthoguard.generation import GenerationSettings, generate
 from orthoguard.io import read_jsonl, write_jsonl
@@ -617,12 +617,8 @@ _EVALUATION_FILES = ("data.source", "model.name", "data.synthetic_data_path",
 def stage_eval_model(run: Run, model: str) -> None:
     """One model on every prompt set, judged, with its utility: ``results/models/<model>.json``. Each model is a
     stage of its own, so ``run --jobs N`` and ``--executor slurm`` evaluate models side by side."""
-    cfg = run.cfg
-    utility = utility_data(run)
-    records_dir = run.path("results") if utility.task is not None else None
-    per_set, util = evaluate_model(cfg, model, evaluated_adapters(run)[model], evaluation_prompt_sets(run),
-                                   cfg.evaluation.judge.build(), utility, judge_cache_path(cfg, run.path("results")),
-                                   records_dir=records_dir)
+    per_set, util = evaluate_model_in(run.path("results"), run.cfg, model, evaluated_adapters(run)[model],
+                                      evaluation_prompt_sets(run), run.cfg.evaluation.judge.build(), utility_data(run))
     ModelEvaluation(model=model, records=per_set, utility=util).write(run.path("results", "models", f"{model}.json"))
 
 
