@@ -103,6 +103,40 @@ def test_refusal_probes_do_not_change_training(tmp_path, smollm_tokenizer):
         assert torch.equal(adapters["probed"][key], tensor), key
 
 
+def test_step_zero_probe_is_shared_only_while_the_lora_adds_nothing(tmp_path, smollm_tokenizer, monkeypatch):
+    """Two attacks on one model: the second reads the first's step-0 record instead of generating; with a nonzero
+    B factor (not the model it was put on) the record is neither read nor written."""
+    from peft import get_peft_model
+
+    import orthoguard.training as training
+    from orthoguard.generation import GenerationSettings
+    from orthoguard.judges import get_judge
+    from orthoguard.models import lora_config
+
+    calls = []
+    real_generate = training.generate
+    monkeypatch.setattr(training, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    record = tmp_path / "probe0.json"
+
+    def probe_of(model):
+        probe = training.RefusalProbe(smollm_tokenizer, ["How do I pick a lock?", "Tell me a joke."], every=1,
+                                      judge=get_judge("keyword"), settings=GenerationSettings(max_new_tokens=3, batch_size=2),
+                                      start_record=record)
+        probe.probe_start(model)
+        return probe.records
+
+    fresh = lambda: get_peft_model(build_tiny_model("llama", len(smollm_tokenizer)), lora_config(LoraSettings(r=4, alpha=8, dropout=0.0)))
+    first = probe_of(fresh())
+    assert len(calls) == 1 and record.is_file()
+    assert probe_of(fresh()) == first and len(calls) == 1  # read, not generated
+    trained = fresh()
+    with torch.no_grad():
+        next(p for n, p in trained.named_parameters() if "lora_B" in n).fill_(0.5)
+    record.write_text('{"step": 0, "refusal_rate": 2.0}')  # a record it must not read
+    assert probe_of(trained)[0]["refusal_rate"] != 2.0 and len(calls) == 2
+    assert json.loads(record.read_text())["refusal_rate"] == 2.0  # nor overwrite
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_the_lm_head_on_label_positions_only_gives_the_same_loss_and_gradients(smollm_tokenizer, arch):
     from peft import get_peft_model
@@ -136,3 +170,28 @@ def test_the_lm_head_on_label_positions_only_gives_the_same_loss_and_gradients(s
     assert full_grads.keys() == kept_grads.keys() and full_grads
     for name in full_grads:
         torch.testing.assert_close(kept_grads[name], full_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_completion_nll_equals_each_answer_scored_alone(smollm_tokenizer):
+    """The evaluation's answer loss (length-sorted batches, LM head on label positions only) against a dense
+    reference: every sample alone, the full logits, the mean over all answer tokens."""
+    from orthoguard.data.formatting import build_sft_dataset
+    from orthoguard.data.samples import Sample, assistant, user
+    from orthoguard.evaluation import completion_nll
+
+    answers = ["Yes.", "A much longer answer that runs on for a good many tokens, well past the others.", "No, not really.",
+               "Paris is the capital of France.", "Two."]
+    samples = [Sample(f"q{i}", (user(f"Question {i}: {'why ' * (3 * i)}?"), assistant(a)), "test")
+               for i, a in enumerate(answers)]
+    model = build_tiny_model("llama", len(smollm_tokenizer), seed=5).eval()
+    dataset, _ = build_sft_dataset(smollm_tokenizer, samples, 256)
+    total = count = 0.0
+    with torch.no_grad():
+        for row in dataset:
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(row["labels"][1:])
+            total += float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    for batch_size in (1, 2, 8):
+        assert completion_nll(model, smollm_tokenizer, samples, batch_size=batch_size) == pytest.approx(total / count, rel=1e-5)
+    assert completion_nll(model, smollm_tokenizer, []) is None

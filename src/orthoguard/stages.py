@@ -11,7 +11,10 @@ stage reads is in its hash when it is in its declaration. ``per_variant`` stages
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import hashlib
+import json
 import logging
 import random
 import shutil
@@ -31,10 +34,11 @@ from orthoguard.errors import DataError
 from orthoguard.evaluation import PromptSet, UtilityData, evaluate_model_in, summarize_models
 from orthoguard.families import get_family
 from orthoguard.generation import GenerationSettings, generate
-from orthoguard.io import read_jsonl, write_jsonl
+from orthoguard.io import fingerprint, read_jsonl, write_jsonl
 from orthoguard.models import load_with_adapters, lora_config, record_base_model
 from orthoguard.modes import get_mode
 from orthoguard.prompts import BENIGN_SET, HARMFUL_SET, load_prompt_set, prompt_set_name
+from orthoguard.provenance import versions
 from orthoguard.regularization import blue_red_directions
 from orthoguard.rundir import AttackMixture, Diagnostics, ModelEvaluation, Splits, TrainLog
 from orthoguard.seeding import derive_seed, lora_init_seed
@@ -296,14 +300,21 @@ def _samples_to_records(samples) -> list[dict]:
     return [{"question": s.question, "source": s.source, "messages": list(s.messages)} for s in samples]
 
 
-def _refusal_probe(run: Run, tokenizer) -> RefusalProbe:
-    """The attacks' refusal probe: the probe split, ``attack.probe_*`` settings, the evaluation's judge."""
+def _refusal_probe(run: Run, tokenizer, adapters_below: list[Path]) -> RefusalProbe:
+    """The attacks' refusal probe: the probe split, ``attack.probe_*`` settings, the evaluation's judge; its step 0
+    (the model under ``adapters_below``) shared by the attacks on that model (``cache/probe0.<key>.json``)."""
     cfg = run.cfg
     settings = GenerationSettings(cfg.attack.probe_max_new_tokens, cfg.evaluation.batch_size, dtype=cfg.evaluation.dtype)
     spec = cfg.evaluation.judge
     cache = run.path("cache", f"judge.{spec.name}.jsonl") if spec.is_llm else None
-    return RefusalProbe(tokenizer, load_splits(run).probe, cfg.attack.probe_every, spec.build(), settings, cfg.seed,
-                        judge_cache=cache, judge_concurrency=spec.concurrency)
+    prompts = load_splits(run).probe
+    start = {"model": _model_payload(cfg), "adapters": [fingerprint(p) for p in adapters_below], "prompts": prompts,
+             "settings": dataclasses.asdict(settings), "seed": cfg.seed, "judge": spec.model_dump(mode="json"),
+             "code": versions()}
+    key = hashlib.sha256(json.dumps(start, sort_keys=True).encode()).hexdigest()[:16]
+    return RefusalProbe(tokenizer, prompts, cfg.attack.probe_every, spec.build(), settings, cfg.seed,
+                        judge_cache=cache, judge_concurrency=spec.concurrency,
+                        start_record=run.path("cache", f"probe0.{key}.json"))
 
 
 def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapters_below: list[Path], init_role: str,
@@ -312,7 +323,7 @@ def _train_stage(run: Run, samples, train_cfg, adapter: Path, mode: str, adapter
     model, tokenizer, precision = load_with_adapters(cfg.model, adapters_below)
     callbacks = []
     if probe and cfg.attack.probe_every:
-        callbacks.append(_refusal_probe(run, tokenizer))
+        callbacks.append(_refusal_probe(run, tokenizer, adapters_below))
     if snapshots is not None:
         callbacks.append(LoraSnapshots(snapshots, cfg.attack.probe_every))
     dataset, dropped = D.build_sft_dataset(tokenizer, samples, train_cfg.max_length)
@@ -545,7 +556,7 @@ def _post_hoc_stage(run: Run, variant: AttackVariant, source: AttackVariant, hoo
     start = time.perf_counter()
     model, tokenizer, _ = load_with_adapters(cfg.model, attacked_adapters(run))
     peft_model = get_peft_model(model, lora_config(cfg.attack.training_for(variant).lora))
-    probe = _refusal_probe(run, tokenizer) if cfg.attack.probe_every else None
+    probe = _refusal_probe(run, tokenizer, attacked_adapters(run)) if cfg.attack.probe_every else None
     posthoc.apply(peft_model, hooks, snapshot_steps(run.snapshot_dir(source.name)), probe)
     if not distributed.is_main():
         return

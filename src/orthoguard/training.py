@@ -116,12 +116,16 @@ class Project(TrainerCallback):
 
 class RefusalProbe(TrainerCallback):
     """Refusal decay: the model in training answers a fixed probe set before training, every ``every`` optimizer
-    steps, and at the end; each probe records the keyword judge's refusal rate with its interval."""
+    steps, and at the end; each probe records the keyword judge's refusal rate with its interval.
+
+    Before training a fresh LoRA (every ``lora_B`` zero) adds nothing, so step 0 is the model it was put on, the
+    same for every attack on one target: with ``start_record`` (a file named by what step 0 depends on) the first
+    attack probes it and the others read its record."""
 
     def __init__(self, tokenizer, prompts: list[str], every: int, judge, settings: GenerationSettings, seed: int = 0,
-                 judge_cache: Path | None = None, judge_concurrency: int = 8):
+                 judge_cache: Path | None = None, judge_concurrency: int = 8, start_record: Path | None = None):
         self.tokenizer, self.prompts, self.every, self.judge, self.settings, self.seed = tokenizer, prompts, every, judge, settings, seed
-        self.judge_cache, self.judge_concurrency = judge_cache, judge_concurrency
+        self.judge_cache, self.judge_concurrency, self.start_record = judge_cache, judge_concurrency, start_record
         self.records: list[dict[str, Any]] = []
         self.views: list[Callable[[], Any]] = []  # the training hooks' ``probed_as`` (train_lora sets them)
 
@@ -142,9 +146,19 @@ class RefusalProbe(TrainerCallback):
         self.records.append({"step": step, **rates.model_dump(mode="json", exclude={"rate"}), "refusal_rate": rates.rate,
                              "verdicts": verdicts})
 
+    def probe_start(self, model) -> None:
+        """Step 0, read from ``start_record`` when an earlier attack on the same model wrote it."""
+        shared = self.start_record is not None and _lora_adds_nothing(model)
+        if shared and self.start_record.is_file():
+            self.records.append(read_json(self.start_record))
+            return
+        self.probe(model, 0)
+        if shared:
+            write_json(self.start_record, self.records[-1])
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.records:  # a resumed run has its earlier probes back already
-            self.probe(model, 0)
+            self.probe_start(model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
@@ -153,6 +167,12 @@ class RefusalProbe(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self.records or self.records[-1]["step"] != state.global_step:
             self.probe(model, state.global_step)
+
+
+def _lora_adds_nothing(model) -> bool:
+    """True when every LoRA module's B factor is zero (a fresh adapter), and there is at least one."""
+    factors = [p for name, p in model.named_parameters() if "lora_B" in name]
+    return bool(factors) and all(not p.any() for p in factors)
 
 
 def lora_state(peft_model) -> dict[str, torch.Tensor]:

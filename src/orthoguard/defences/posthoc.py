@@ -55,6 +55,6 @@ def apply(peft_model, hooks, snapshots: list[tuple[int, Path]], probe=None) -> N
     for step, file in snapshots:
         load_lora_state(peft_model, load_file(str(file)))
         if probe is not None:
-            probe.probe(peft_model, step)
+            probe.probe_start(peft_model) if step == 0 else probe.probe(peft_model, step)
     for hook in hooks:
         hook.finish()
