@@ -14,6 +14,10 @@ Prints real (non-padding) tokens/s of each and the ratios, the share of the meas
 ``--skip-projection``, the projection's share of a step per family (``bench_projection.compare`` on one real batch).
 
     python scripts/bench_training.py [--steps 6] [--threads N] [--skip-projection]
+
+Every run in one call shares the process's allocator setting: orthoguard's (``keep_freed_memory``) by default, so
+the seed's loop gets it too; ``ORTHOGUARD_MALLOC=default python scripts/bench_training.py`` measures every run with
+glibc's defaults, as the seed's loop ran.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from orthoguard.hardware import configure_threads, cpu_features, prefers_bf16, prepare_environment
+from orthoguard.hardware import MALLOC_ENV, configure_threads, cpu_features, prefers_bf16, prepare_environment
 
 prepare_environment()  # before torch is imported
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -198,7 +202,9 @@ def main() -> None:
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     features = cpu_features()
+    malloc = "glibc defaults" if os.environ.get(MALLOC_ENV, "").lower() == "default" else "freed memory kept (keep_freed_memory)"
     print(f"cpu: {features.describe()}; torch threads {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+          f"allocator: {malloc}, for every run here; "
           f"load average {os.getloadavg()[0]:.1f} (a shared machine: compare ratios, not absolute numbers)")
     model_cfg = ModelConfig(name=args.model)
     tokenizer = load_tokenizer(model_cfg)

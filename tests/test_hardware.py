@@ -100,3 +100,38 @@ def test_prepare_environment_keeps_an_explicit_wait_policy(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY")
     H.prepare_environment()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+_ALLOCATE_AND_FREE = """
+import resource
+from orthoguard.hardware import keep_freed_memory
+applied = keep_freed_memory()
+import torch
+def step():  # a 64 MiB tensor (over glibc's largest mmap threshold) and a smaller one, both freed
+    torch.empty(16 * 2**20).fill_(1.0), torch.empty(3 * 2**20).fill_(2.0)
+for _ in range(20):  # the heap settles
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(H.platform.libc_ver()[0] != "glibc", reason="a glibc setting")
+def test_kept_freed_memory_is_reused_without_page_faults():
+    """Large tensors allocated and freed again and again: glibc's default maps and faults in fresh pages every
+    time, with keep_freed_memory the heap, once settled, serves them from memory it kept."""
+    import os
+    import subprocess
+    import sys
+
+    def faults(**env):
+        out = subprocess.run([sys.executable, "-c", _ALLOCATE_AND_FREE], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env}).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    kept_applied, kept = faults(ORTHOGUARD_MALLOC="")
+    default_applied, default = faults(ORTHOGUARD_MALLOC="default")
+    assert kept_applied and not default_applied
+    assert default > 20 * 10_000 and kept < default / 100, (kept, default)
