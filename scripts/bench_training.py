@@ -26,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from orthoguard.hardware import MALLOC_ENV, configure_threads, cpu_features, prefers_bf16, prepare_environment
+from orthoguard.hardware import configure_threads, cpu_features, keep_freed_memory, prefers_bf16, prepare_environment
 
 prepare_environment()  # before torch is imported
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -202,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     features = cpu_features()
-    malloc = "glibc defaults" if os.environ.get(MALLOC_ENV, "").lower() == "default" else "freed memory kept (keep_freed_memory)"
+    malloc = "freed memory kept (keep_freed_memory)" if keep_freed_memory() else "the C library's defaults"
     print(f"cpu: {features.describe()}; torch threads {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"allocator: {malloc}, for every run here; "
           f"load average {os.getloadavg()[0]:.1f} (a shared machine: compare ratios, not absolute numbers)")
