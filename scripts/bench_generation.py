@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from orthoguard.hardware import configure_threads, cpu_features, prefers_bf16, prepare_environment
+from orthoguard.hardware import configure_threads, cpu_features, openmp_wait, prefers_bf16, prepare_environment
 
 prepare_environment()  # before torch is imported
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     features = cpu_features()
-    print(f"cpu: {features.describe()}; torch threads {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+    print(f"cpu: {features.describe()}; torch threads {threads}; OpenMP waits: {openmp_wait()}; "
           f"load average {os.getloadavg()[0]:.1f} (a shared machine: compare ratios, not absolute numbers)")
     base, tokenizer, _ = load_with_adapters(ModelConfig(name=args.model))
     peft = random_lora(base)

@@ -26,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from orthoguard.hardware import configure_threads, cpu_features, keep_freed_memory, prefers_bf16, prepare_environment
+from orthoguard.hardware import configure_threads, cpu_features, keep_freed_memory, openmp_wait, prefers_bf16, prepare_environment
 
 prepare_environment()  # before torch is imported
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -203,7 +203,7 @@ def main() -> None:
     threads = configure_threads(args.threads)
     features = cpu_features()
     malloc = "freed memory kept (keep_freed_memory)" if keep_freed_memory() else "the C library's defaults"
-    print(f"cpu: {features.describe()}; torch threads {threads}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+    print(f"cpu: {features.describe()}; torch threads {threads}; OpenMP waits: {openmp_wait()}; "
           f"allocator: {malloc}, for every run here; "
           f"load average {os.getloadavg()[0]:.1f} (a shared machine: compare ratios, not absolute numbers)")
     model_cfg = ModelConfig(name=args.model)

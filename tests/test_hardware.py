@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -80,8 +82,6 @@ def test_configure_threads_sets_torch(monkeypatch):
     try:
         assert H.configure_threads(1) == 1
         assert torch.get_num_threads() == 1
-        import os
-
         assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
         monkeypatch.setenv("ORTHOGUARD_THREADS", "2")
         assert H.configure_threads() == 2 and torch.get_num_threads() == 2
@@ -91,15 +91,53 @@ def test_configure_threads_sets_torch(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_prepare_environment_keeps_an_explicit_wait_policy(monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert H.prepare_environment() is False  # torch is imported already in the test process
-    import os
+_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    H.prepare_environment()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+@pytest.fixture
+def no_wait_settings(monkeypatch):
+    """None of the wait variables set, and whatever a test sets undone afterwards (monkeypatch restores only what it
+    touched, so each is set before it is removed)."""
+    for var in _WAIT_VARS:
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    return monkeypatch
+
+
+def _proc_stat(tmp_path, running: int):
+    path = tmp_path / "stat"
+    path.write_text(f"cpu  1 2 3 4\nprocs_running {running}\nprocs_blocked 0\n")
+    return path
+
+
+def test_other_runnable_tasks_leaves_out_the_reader(tmp_path):
+    assert H.other_runnable_tasks(_proc_stat(tmp_path, 1), samples=2, interval_s=0) == 0
+    assert H.other_runnable_tasks(_proc_stat(tmp_path, 3), samples=2, interval_s=0) == 2
+    assert H.other_runnable_tasks(tmp_path / "missing") is None
+    (tmp_path / "odd").write_text("cpu 1 2 3\n")
+    assert H.other_runnable_tasks(tmp_path / "odd") is None
+
+
+@pytest.mark.parametrize(("running", "expected"), [
+    (1, {"GOMP_SPINCOUNT": str(H.SPIN_COUNT), "KMP_BLOCKTIME": "1"}),  # nothing else runs: bounded spinning
+    (2, {"OMP_WAIT_POLICY": "PASSIVE"}),  # another process wants a core: passive waiting
+])
+def test_prepare_environment_chooses_the_wait_by_what_else_runs(no_wait_settings, tmp_path, running, expected):
+    assert H.prepare_environment(_proc_stat(tmp_path, running)) is False  # torch is imported already in the test process
+    assert {var: os.environ[var] for var in _WAIT_VARS if var in os.environ} == expected
+
+
+def test_prepare_environment_waits_passively_where_it_cannot_tell(no_wait_settings, tmp_path):
+    H.prepare_environment(tmp_path / "missing")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ
+
+
+@pytest.mark.parametrize("var", _WAIT_VARS)
+def test_prepare_environment_keeps_what_the_user_set(no_wait_settings, tmp_path, var):
+    no_wait_settings.setenv(var, "7")
+    H.prepare_environment(_proc_stat(tmp_path, 1))
+    assert {v: os.environ[v] for v in _WAIT_VARS if v in os.environ} == {var: "7"}
+    assert H.openmp_wait() == f"{var}=7"
 
 
 _ALLOCATE_AND_FREE = """
@@ -122,7 +160,6 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_kept_freed_memory_is_reused_without_page_faults():
     """Large tensors allocated and freed again and again: glibc's default maps and faults in fresh pages every
     time, with keep_freed_memory the heap, once settled, serves them from memory it kept."""
-    import os
     import subprocess
     import sys
 

@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from orthoguard.hardware import prepare_environment
 
-    prepare_environment()  # before torch is imported: passive OpenMP waits (spinning threads oversubscribe 2 cores)
+    prepare_environment()  # before torch is imported: how idle OpenMP threads wait, kept freed memory
     argv = _join_negative_values(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -9,9 +9,10 @@ by ``scripts/bench_generation.py`` and ``scripts/bench_training.py``.
 ``ORTHOGUARD_THREADS``, or else to the number of physical cores this process may run on (its CPU affinity, not the
 machine's count: a container or ``taskset`` limits it). It sets inter-op threads to 1 (orthoguard runs one graph at
 a time) and exports ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for child processes, unless they are set already.
-``prepare_environment()``, called before torch is imported, makes idle OpenMP threads wait passively, which keeps
-2 threads from being several times slower than 1 when other processes share the cores, and keeps freed memory for
-reuse (``keep_freed_memory``).
+``prepare_environment()``, called before torch is imported, lets idle OpenMP threads spin briefly where the machine
+is idle when the process starts and makes them wait passively where other processes are running (spinning threads
+made 2 threads several times slower than 1 on shared cores), and keeps freed memory for reuse
+(``keep_freed_memory``).
 """
 
 from __future__ import annotations
@@ -151,15 +152,59 @@ def default_threads(env: dict[str, str] | None = None, cpuinfo_text: str | None 
     return max(1, physical_cores(cpuinfo_text, allowed_cpus() if allowed is None else allowed))
 
 
-def prepare_environment() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` (unless set) for this process; call it before ``torch`` is imported.
+SPIN_COUNT = 30_000  # GNU OpenMP spin iterations before an idle thread sleeps (its default is 300,000)
+PROC_STAT = Path("/proc/stat")
 
-    OpenMP's default wait policy spins idle threads; on a machine whose cores other processes also use, a spinning
-    thread holds a core another thread needs, and one decode step of SmolLM2-135M took 4.5x as long with 2 threads
-    as with 1 (measured on a shared 2-core machine). Passive waiting removed that loss. OpenMP reads the variable
-    when torch loads it, so this has an effect only before ``import torch``; returns whether it could. Also keeps
-    freed memory for reuse (``keep_freed_memory``), which takes effect whenever it is called."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def other_runnable_tasks(proc_stat: Path = PROC_STAT, samples: int = 5, interval_s: float = 0.02) -> float | None:
+    """Tasks other than this one that are running or ready to run, averaged over a few samples of ``procs_running``
+    (an instant count, unlike the load average, which still shows a ``pip install`` that ended a minute ago);
+    ``None`` where ``/proc/stat`` cannot be read."""
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            lines = proc_stat.read_text().splitlines()
+        except OSError:
+            return None
+        running = [int(line.split()[1]) for line in lines if line.startswith("procs_running ")]
+        if not running:
+            return None
+        counts.append(max(0, running[0] - 1))  # the reader itself is running
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return sum(counts) / len(counts)
+
+
+def openmp_wait() -> str:
+    """How idle OpenMP threads of this process wait, as the environment says (for logs and benchmarks)."""
+    return ", ".join(f"{var}={os.environ[var]}" for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+                     if var in os.environ) or "OpenMP's default"
+
+
+def prepare_environment(proc_stat: Path = PROC_STAT) -> bool:
+    """Choose how idle OpenMP threads wait and keep freed memory for reuse; call it before ``torch`` is imported.
+
+    OpenMP's default lets an idle thread spin for 300,000 iterations before it sleeps. On 2 idle cores that is
+    fastest, but when another process wants a core, a spinning thread holds it: one decode step of SmolLM2-135M took
+    4.5x as long with 2 threads as with 1, and generating 64 replies 6.7x as long as with passive waiting (a 2-core
+    Xeon with one busy competing process). Passive waiting costs where the machine is idle (there generation took
+    1.5x as long as with spinning, and a training step 1.1x). So, where nothing else is running when the process
+    starts (``other_runnable_tasks() < 0.5``), threads spin a bounded ``SPIN_COUNT`` iterations (as fast as the
+    default on the idle machine; up to 2.9x the passive time for generation if a competitor appears later), and
+    otherwise wait passively (``OMP_WAIT_POLICY=PASSIVE``). ``GOMP_SPINCOUNT`` is GNU OpenMP's variable (torch's
+    Linux wheels); ``KMP_BLOCKTIME=1`` (milliseconds) is the same bound for LLVM and Intel OpenMP (not measured
+    here). If the user set any of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``, nothing is changed.
+    OpenMP reads these when torch loads it, so this has an effect only before ``import torch``; returns whether it
+    could. Also keeps freed memory for reuse (``keep_freed_memory``), which takes effect whenever it is called."""
+    if not any(var in os.environ for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+        others = other_runnable_tasks(proc_stat)
+        if others is not None and others < 0.5:
+            os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+            os.environ["KMP_BLOCKTIME"] = "1"
+        else:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     keep_freed_memory()
     return "torch" not in sys.modules
 

@@ -25,7 +25,7 @@ from orthoguard import distributed
 from orthoguard.config import ExperimentConfig, dump_config
 from orthoguard.errors import ConfigError, OrthoguardError
 from orthoguard.io import check_writable_dir, file_lock, fingerprint, write_text
-from orthoguard.hardware import configure_threads
+from orthoguard.hardware import configure_threads, openmp_wait
 from orthoguard.models import resolve_precision
 from orthoguard.provenance import versions
 from orthoguard.rundir import SeedsIndex, StageRecords
@@ -249,7 +249,7 @@ def run_pipeline(
     """Run every stage in order (or only those named in ``only``: "data", "attack:vanilla", "attack", …; with
     ``exact``, a kind such as "attack" names no variant: the stage workers of ``orthoguard.parallel``)."""
     distributed.init(cpu=resolve_precision(cfg.model.dtype).device == "cpu")
-    configure_threads(cfg.threads)
+    log.info("torch threads %d; OpenMP waits: %s", configure_threads(cfg.threads), openmp_wait())
     run = Run(cfg, output_dir, paths)
     check_writable_dir(run.root, "run directory")
     preflight(run)
