@@ -349,7 +349,7 @@ def _last_position(length: int, device) -> torch.Tensor:
     does not require grad (a merged copy, a frozen base), ``torch.matmul`` then does not fold the rows into one
     matrix product: it expands the weight to every row and runs a batched product, copying a rows x hidden x vocab
     tensor (3.6 GB for SmolLM2 at batch 64 in bf16, seconds per batch). Indexing with a tensor gives a contiguous
-    copy of the last hidden states (rows x hidden), which folds."""
+    copy of the last hidden states (rows x hidden), which folds (pytorch/pytorch#186148 describes the fold check)."""
     return torch.tensor([length - 1], device=device)
 
 
