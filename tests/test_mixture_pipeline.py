@@ -96,19 +96,20 @@ def test_a_pure_attack_has_no_mixture_and_dumps_without_the_new_keys():
 # Stage keys
 
 # The cpu-demo's stage keys: attack.harmful_ratio / samples / benign_task and evaluation.fa_items left them as they
-# were. (Change this only with a deliberate key change: the last was the evaluation split into one eval:<model> stage
-# per model, 2026-12-02, which changed the evaluate key (it chains on them); before it synth.drop_refusals, which
-# changes the synth stage's key and so every key after it; evaluation.batch_size 128 was tried and reverted.)
+# were. (Change this only with a deliberate key change: the last was the training configs' attention and packing
+# keys, 2026-12-07, which change the refusal stage's key and every key after it but data, synth, benign and
+# eval:base; before it the evaluation split into one eval:<model> stage per model, 2026-12-02, and
+# synth.drop_refusals; evaluation.batch_size 128 was tried and reverted.)
 DEMO_KEYS = {
     "data": "6e2a3f25362d56ec", "synth": "0d0db6e138e196c7", "benign": "315f70c915bed560",
-    "refusal": "f1d3fe68f033e7aa", "directions": "003fe5a51a69929b", "attack:vanilla": "a09170166a0c6ed2",
-    "attack:orthogonal": "5c02a77a585d4089", "attack:orthogonal-random": "5ed78feafb8e90b5", "attack:subspace": "ebc1b8f35f08722d",
-    "attack:subspace-random": "b69c5ef8dd768ee0", "attack:orthogonal-matched": "195022e40e093cec", "attack:subspace-matched": "a6bb54e4452583e7",
-    "eval:base": "5ae865aef1f39d0f", "eval:aligned": "8c7e6109aacda7e5", "eval:vanilla": "ff972225f16cf8f2",
-    "eval:orthogonal": "5e39a8dfeb05ae81", "eval:orthogonal-random": "808d083eb26596f0",
-    "eval:orthogonal-matched": "b075645ab70ea6f3", "eval:subspace": "c8fec0d62305b358",
-    "eval:subspace-random": "a17f9fa478f4d688", "eval:subspace-matched": "d274eecbd30af753",
-    "evaluate": "f78ae50af313cbef",
+    "refusal": "e9b4d31f506c0a1e", "directions": "e151fbbf35dc1e4b", "attack:vanilla": "7688c8f04c4cf786",
+    "attack:orthogonal": "88a979619bdbe4f7", "attack:orthogonal-random": "5a0b5cf896290e9f", "attack:subspace": "608dd534b66c2839",
+    "attack:subspace-random": "d957ecab397ceda4", "attack:orthogonal-matched": "fd96fec156e8e802", "attack:subspace-matched": "d380ff042be9fc1e",
+    "eval:base": "5ae865aef1f39d0f", "eval:aligned": "82d7c345d5f90a35", "eval:vanilla": "123452e93730228f",
+    "eval:orthogonal": "4d488fe44d027900", "eval:orthogonal-random": "a0e15ffc79b189e3",
+    "eval:orthogonal-matched": "23f43b2854c0e28c", "eval:subspace": "9514d4fa5f194d63",
+    "eval:subspace-random": "e278e9998cedcb8f", "eval:subspace-matched": "c818875b0197d4ce",
+    "evaluate": "2c60c3542a30646d",
 }
 
 

@@ -54,6 +54,12 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
+    # the training step's attention (attention.py): auto = matmul attention ("eager") where training runs bf16
+    # autocast on a CPU without AMX, SDPA elsewhere; generation and evaluation always run SDPA
+    attention: Literal["auto", "sdpa", "eager"] = "auto"
+    # packed batches: a batch's samples back to back in one row, each attending to itself alone (no padding);
+    # auto = on a CPU, padded batches on a GPU
+    packing: Literal["auto", "on", "off"] = "auto"
     log_every: int = Field(10, gt=0)
     # a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position, logs) every N optimizer steps; 0: none
     save_steps: int = Field(25, ge=0)

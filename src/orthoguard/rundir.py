@@ -385,6 +385,8 @@ class TrainLog(RunFile):
     init_seed: int | None = None
     resumed_from_step: int | None = None
     world_size: int | None = None
+    attention: str | None = None  # the training step's attention (attention.resolve): sdpa or eager; older logs: none
+    packed: bool | None = None  # packed batches (attention.resolve_packing); older logs: none (padded)
     losses: list[LossRecord] = []
     probes: list[ProbeRecord] | None = None
     projection: ProjectionLog | None = None

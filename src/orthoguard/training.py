@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import (
     DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -39,6 +40,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from orthoguard import attention
 from orthoguard.config import TrainConfig
 from orthoguard.directions import canonical_name
 from orthoguard.generation import GenerationSettings, generate
@@ -458,6 +460,14 @@ def training_arguments(cfg: TrainConfig, output_dir: str, seed: int, precision: 
     )
 
 
+def training_collator(tokenizer, packed: bool):
+    """Padded batches (right padding, labels padded with -100), or packed ones: one row, position ids restarting at
+    every sample, the first label of each sample -100 so that no sample learns to predict the next one's start."""
+    if packed:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+
+
 def train_lora(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -511,6 +521,8 @@ def train_lora(
     records = CheckpointRecords([cb for cb in all_callbacks if hasattr(cb, "records")])
     all_callbacks.append(records)
 
+    kernel = attention.resolve(cfg.attention, precision.device, precision.autocast)
+    packed = attention.resolve_packing(cfg.packing, precision.device)
     adapter_dir, log_path = Path(adapter_dir), Path(log_path)
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{adapter_dir.name}-", dir=adapter_dir.parent))
@@ -528,11 +540,12 @@ def train_lora(
             model=peft_model,
             args=training_arguments(cfg, str(trainer_dir), seed, precision, checkpoints=checkpoint_dir is not None),
             train_dataset=dataset,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            data_collator=training_collator(tokenizer, packed),
             callbacks=all_callbacks,
         )
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+        with attention.training_attention(peft_model, kernel, packed):
+            trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         seconds = time.perf_counter() - start
         main_process = trainer.is_world_process_zero()
         if main_process:
@@ -553,6 +566,8 @@ def train_lora(
             "init_seed": init_seed,
             "resumed_from_step": int(resume.name.split("-")[-1]) if resume is not None else None,
             "world_size": trainer.args.world_size,
+            "attention": kernel,
+            "packed": packed,
             "losses": loss_log.records,
         }
         for probe in (cb for cb in callbacks if isinstance(cb, RefusalProbe)):
