@@ -18,6 +18,7 @@ import torch
 from peft import get_peft_model
 from safetensors.torch import save_file
 
+from orthoguard import attention
 from orthoguard.config import DirectionsConfig, LoraSettings, ModelConfig
 from orthoguard.directions import activation_directions, canonical_name, compute_directions, module_factors, random_like
 from orthoguard.models import load_model, lora_config, resolve_precision
@@ -42,12 +43,20 @@ def directions_for(family: str, ref: Path, hidden: int) -> dict:
 
 def time_steps(make_model, settings, batch, steps, projector_factory=None, accumulation: int = 1, autocast=None):
     """Median time of a full optimizer step (``accumulation`` forward/backward passes, under ``autocast`` (a dtype)
-    when given, as training does; clipping, projection, AdamW) and of the projection alone, over ``steps`` steps
-    after one warm-up step."""
+    when given, with the attention training would use, as training does; clipping, projection, AdamW) and of the
+    projection alone, over ``steps`` steps after one warm-up step."""
     model = get_peft_model(make_model(), lora_config(settings))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     projector = projector_factory(dict(model.named_parameters())) if projector_factory else None
+    kernel = attention.resolve("auto", batch["input_ids"].device.type, autocast)  # the training step's default
+    with attention.training_attention(model, kernel):
+        step_times, projection_times = _timed_steps(model, params, optim, projector, batch, steps, accumulation, autocast)
+    del model, optim, projector
+    return statistics.median(step_times[1:]), statistics.median(projection_times[1:])
+
+
+def _timed_steps(model, params, optim, projector, batch, steps, accumulation, autocast):
     step_times, projection_times = [], []
     for _ in range(steps + 1):  # the first step warms up and is dropped
         _sync()
@@ -74,8 +83,7 @@ def time_steps(make_model, settings, batch, steps, projector_factory=None, accum
         optim.zero_grad(set_to_none=True)
         step_times.append(t3 - start)
         projection_times.append((t1 - t0) + (t3 - t2))
-    del model, optim, projector
-    return statistics.median(step_times[1:]), statistics.median(projection_times[1:])
+    return step_times, projection_times
 
 
 def _sync() -> None:

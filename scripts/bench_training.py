@@ -13,7 +13,7 @@ padding to 448 wastes about 30% of positions, as the project notes measured on H
 Prints real (non-padding) tokens/s of each and the ratios, the share of the measured matmul peak, and, unless
 ``--skip-projection``, the projection's share of a step per family (``bench_projection.compare`` on one real batch).
 
-    python scripts/bench_training.py [--steps 6] [--threads N] [--skip-projection]
+    python scripts/bench_training.py [--steps 6] [--rounds 2] [--variants fp32,bf16,...] [--threads N] [--skip-projection]
 
 Every run in one call shares the process's allocator setting: orthoguard's (``keep_freed_memory``) by default, so
 the seed's loop gets it too; ``ORTHOGUARD_MALLOC=default python scripts/bench_training.py`` measures every run with
@@ -33,6 +33,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse  # noqa: E402
 import random  # noqa: E402
+import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -43,6 +44,7 @@ from bench_peak import measured_peak, peak_line, training_flops_per_token  # noq
 
 from orthoguard import data as D  # noqa: E402
 from orthoguard import training as T  # noqa: E402
+from orthoguard.attention import resolve as resolve_attention  # noqa: E402
 from orthoguard.config import LoraSettings, ModelConfig, TrainConfig  # noqa: E402
 from orthoguard.models import load_model, load_tokenizer, lora_config, resolve_precision  # noqa: E402
 
@@ -97,6 +99,19 @@ def seed_loop(model_cfg, settings: LoraSettings, dataset, tokenizer, batch_size:
     return seconds, real, positions
 
 
+def timed_seed_loop(model_cfg, settings, dataset, tokenizer, batch_size: int, lr: float, real: int) -> float:
+    seconds, real_seed, _ = seed_loop(model_cfg, settings, dataset, tokenizer, batch_size, lr)
+    assert real_seed == real
+    return seconds
+
+
+def runnable(variant: str, features) -> bool:
+    if variant.startswith("bf16") and not prefers_bf16(features):
+        print(f"skipping {variant}: this CPU has no native bf16")
+        return False
+    return True
+
+
 def padded_to_seed_length(rows, pad: int):
     ids = torch.full((len(rows), SEED_LENGTH), pad)
     mask = torch.zeros((len(rows), SEED_LENGTH), dtype=torch.long)
@@ -131,31 +146,27 @@ def loss_identity(model_cfg, settings: LoraSettings, dataset, tokenizer, batch_s
 
 
 def orthoguard_run(model_cfg, tokenizer, dataset, cfg: TrainConfig, dtype: str, arguments_patch=None,
-                   packed: bool = False, full_logits: bool = False) -> float:
+                   full_logits: bool = False, attention: str = "auto", packing: str = "auto") -> float:
     """Seconds of ``train_lora``'s ``trainer.train()`` over one pass of ``dataset``.
 
-    ``arguments_patch`` edits the ``TrainingArguments`` that training.py builds; ``packed`` swaps its collator for
-    transformers' padding-free ``DataCollatorWithFlattening`` (sequences concatenated, position ids restart at each,
-    labels separated by -100; SDPA attends within each sequence only); ``full_logits`` turns off training.py's
-    LM head on label positions only (``label_positions_only``), to measure what it gives."""
-    original, collator = T.training_arguments, T.DataCollatorForSeq2Seq
+    ``arguments_patch`` edits the ``TrainingArguments`` that training.py builds; ``full_logits`` turns off
+    training.py's LM head on label positions only (``label_positions_only``), to measure what it gives;
+    ``attention`` and ``packing`` are the training config's keys of those names (auto or a choice)."""
+    original = T.training_arguments
     own_loss = T.OrthoguardTrainer.compute_loss
     if full_logits:
         T.OrthoguardTrainer.compute_loss = T.Trainer.compute_loss
     if arguments_patch is not None:
         T.training_arguments = lambda *a, **k: arguments_patch(original(*a, **k))
-    if packed:
-        from transformers import DataCollatorWithFlattening
-
-        T.DataCollatorForSeq2Seq = lambda *a, **k: DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     try:
         precision = resolve_precision(dtype)
+        cfg = cfg.model_copy(update={"attention": attention, "packing": packing})
         with tempfile.TemporaryDirectory() as tmp:
             result = T.train_lora(load_model(model_cfg, precision), tokenizer, dataset, cfg, adapter_dir=Path(tmp) / "a",
                                   log_path=Path(tmp) / "log.json", mode="bench", seed=0, precision=precision)
         return result.seconds
     finally:
-        T.training_arguments, T.DataCollatorForSeq2Seq = original, collator
+        T.training_arguments = original
         T.OrthoguardTrainer.compute_loss = own_loss
 
 
@@ -195,9 +206,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-projection", action="store_true")
     parser.add_argument("--projection-steps", type=int, default=2)
-    parser.add_argument("--variants", default="fp32,fp32+full-logits,bf16,bf16+full-logits,bf16+grouped,bf16+packed",
-                        help="orthoguard runs, comma-separated: fp32 or bf16 (autocast), +full-logits (the LM head on "
-                             "every position, as before), +grouped (length-grouped batches), +packed (padding-free batches)")
+    parser.add_argument("--variants", default="fp32,fp32+padded,bf16,bf16+padded,bf16+padded+sdpa",
+                        help="orthoguard runs, comma-separated: fp32 or bf16 (autocast), then any of +full-logits "
+                             "(the LM head on every position), +grouped (length-grouped batches), +padded or +packed "
+                             "(the training config's packing off or on; otherwise auto), +sdpa or +eager (its "
+                             "attention; otherwise auto)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of every variant, alternated with the seed's loop")
     parser.add_argument("--projection-only", action="store_true")
     args = parser.parse_args()
     threads = configure_threads(args.threads)
@@ -223,33 +237,43 @@ def main() -> None:
         projection_shares(model_cfg, settings, dataset, tokenizer, args.batch, args.projection_steps)
         return
     measured_peak("fp32"), prefers_bf16(features) and measured_peak("bf16")  # measured before the runs
-    results: dict[str, float] = {}
-    # the seed's loop runs first and last: on a shared machine whose load changes, their mean is the fair baseline
-    first, real_seed, _ = seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate)
-    assert real_seed == real
-    for variant in args.variants.split(","):
-        dtype = "bf16" if variant.startswith("bf16") else "fp32"
-        if dtype == "bf16" and not prefers_bf16(features):
-            print(f"skipping {variant}: this CPU has no native bf16")
-            continue
-        patch = group_by_length if "+grouped" in variant else None
-        results[f"orthoguard train_lora {variant}"] = orthoguard_run(model_cfg, tokenizer, dataset, cfg, dtype, patch,
-                                                                     packed="+packed" in variant,
-                                                                     full_logits="+full-logits" in variant)
+    variants = [v for v in args.variants.split(",") if runnable(v, features)]
+    auto = resolve_precision("auto")
+    print(f"training attention under auto (bf16 where native): {resolve_attention('auto', auto.device, auto.autocast)}")
+    # Rounds alternate the seed's loop with every variant, and each variant's ratio in a round is taken against
+    # the mean of the seed's runs just before and after it: on a machine whose speed drifts from minute to minute
+    # (another tenant's load) that pairs each run with the baseline of its own minutes.
+    warm = dataset.select(range(args.batch))  # first calls pay one-time costs (kernels, allocator): not timed
+    seed_loop(model_cfg, settings, warm, tokenizer, args.batch, cfg.learning_rate)
+    for variant in variants:
+        orthoguard_run(model_cfg, tokenizer, warm, cfg, "bf16" if variant.startswith("bf16") else "fp32")
+    seed_runs = [timed_seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate, real)]
+    runs: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            runs[variant].append(orthoguard_run(
+                model_cfg, tokenizer, dataset, cfg, "bf16" if variant.startswith("bf16") else "fp32",
+                group_by_length if "+grouped" in variant else None, full_logits="+full-logits" in variant,
+                attention=next((a for a in ("sdpa", "eager") if f"+{a}" in variant), "auto"),
+                packing="off" if "+padded" in variant else "on" if "+packed" in variant else "auto"))
+        seed_runs.append(timed_seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate, real))
 
     print(f"fp32 loss, the seed's batches vs orthoguard's (dynamic padding, label-position logits): largest "
           f"difference over {-(-len(dataset) // args.batch)} batches {loss_identity(model_cfg, settings, dataset, tokenizer, args.batch):.2e}")
-    last, _, _ = seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate)
-    print(f"seed loop: {first:.1f} s first, {last:.1f} s last; load average at the end {os.getloadavg()[0]:.1f}")
-    results = {"seed loop (pad to 448, fp32), mean": (first + last) / 2, **results}
-    base_rate = real / results["seed loop (pad to 448, fp32), mean"]
+    print(f"seed loop runs: {', '.join(f'{s:.1f}' for s in seed_runs)} s; load average at the end {os.getloadavg()[0]:.1f}")
     flops = training_flops_per_token(load_model(model_cfg, resolve_precision("fp32")))
-    print(f"{args.steps} optimizer steps of batch {args.batch}, {real} real tokens per run")
-    print(f"{'run':42s} {'s':>7s} {'real tok/s':>11s} {'vs seed':>8s}")
-    for name, seconds in results.items():
-        print(f"{name:42s} {seconds:7.1f} {real / seconds:11.1f} {real / seconds / base_rate:7.2f}x")
-    for name, seconds in results.items():
-        print(f"  {name:40s} {peak_line('bf16' if 'bf16' in name else 'fp32', flops, real / seconds)}")
+    baselines = [(a + b) / 2 for a, b in zip(seed_runs, seed_runs[1:])]
+    print(f"{args.steps} optimizer steps of batch {args.batch}, {real} real tokens per run, {args.rounds} round(s); "
+          "vs seed: the median over rounds of each round's ratio to the seed's runs around it [lowest, highest]")
+    print(f"{'run':42s} {'median s':>9s} {'real tok/s':>11s} {'vs seed':>8s} {'range':>14s}")
+    rows = {"seed loop (pad to 448, fp32)": (seed_runs, [1.0])}
+    rows.update({f"orthoguard train_lora {v}": (runs[v], [b / t for b, t in zip(baselines, runs[v])]) for v in variants})
+    for name, (seconds, ratios) in rows.items():
+        sec = statistics.median(seconds)
+        print(f"{name:42s} {sec:9.1f} {real / sec:11.1f} {statistics.median(ratios):7.2f}x "
+              f"{f'[{min(ratios):.2f}, {max(ratios):.2f}]':>14s}")
+    for name, (seconds, _) in rows.items():
+        print(f"  {name:40s} {peak_line('bf16' if 'bf16' in name else 'fp32', flops, real / statistics.median(seconds))}")
     if not args.skip_projection:
         projection_shares(model_cfg, settings, dataset, tokenizer, args.batch, args.projection_steps)
 
