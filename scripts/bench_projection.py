@@ -41,16 +41,17 @@ def directions_for(family: str, ref: Path, hidden: int) -> dict:
     return compute_directions(family, ref, DirectionsConfig())
 
 
-def time_steps(make_model, settings, batch, steps, projector_factory=None, accumulation: int = 1, autocast=None):
+def time_steps(make_model, settings, batch, steps, projector_factory=None, accumulation: int = 1, autocast=None,
+               packed: bool = False):
     """Median time of a full optimizer step (``accumulation`` forward/backward passes, under ``autocast`` (a dtype)
-    when given, with the attention training would use, as training does; clipping, projection, AdamW) and of the
-    projection alone, over ``steps`` steps after one warm-up step."""
+    when given, with the attention training would use, on a packed batch when ``packed``, as training does;
+    clipping, projection, AdamW) and of the projection alone, over ``steps`` steps after one warm-up step."""
     model = get_peft_model(make_model(), lora_config(settings))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     projector = projector_factory(dict(model.named_parameters())) if projector_factory else None
     kernel = attention.resolve("auto", batch["input_ids"].device.type, autocast)  # the training step's default
-    with attention.training_attention(model, kernel):
+    with attention.training_attention(model, kernel, packed):
         step_times, projection_times = _timed_steps(model, params, optim, projector, batch, steps, accumulation, autocast)
     del model, optim, projector
     return statistics.median(step_times[1:]), statistics.median(projection_times[1:])
@@ -96,9 +97,9 @@ VARIANTS = [(f, at, r) for f in ("lora_factors", "delta_w", "subspace", "activat
 
 
 def compare(make_model, settings, batch, steps, ref, hidden, accumulation=1, variants=VARIANTS, report=print,
-            autocast=None) -> list[dict]:
+            autocast=None, packed: bool = False) -> list[dict]:
     """Vanilla and every (family, placement, random) variant on the same model shape and batch."""
-    vanilla, _ = time_steps(make_model, settings, batch, steps, accumulation=accumulation, autocast=autocast)
+    vanilla, _ = time_steps(make_model, settings, batch, steps, accumulation=accumulation, autocast=autocast, packed=packed)
     rows = [{"variant": "vanilla", "step_s": vanilla, "ratio": 1.0, "projection_ms": 0.0}]
     report(f"{'variant':32s} {'step s':>8s} {'ratio':>7s} {'projection ms':>14s}")
     report(f"{'vanilla':32s} {vanilla:8.3f} {1.0:7.3f} {0.0:14.2f}")
@@ -106,7 +107,7 @@ def compare(make_model, settings, batch, steps, ref, hidden, accumulation=1, var
         directions = directions_for(family, ref, hidden)
         d = random_like(directions, family, seed=1) if random else directions
         factory = lambda named, d=d, family=family, at=at: Projector(build_constraints(named, d, family), at)
-        step, proj = time_steps(make_model, settings, batch, steps, factory, accumulation, autocast)
+        step, proj = time_steps(make_model, settings, batch, steps, factory, accumulation, autocast, packed)
         name = f"{'random-' if random else ''}{family}/{at}"
         rows.append({"variant": name, "step_s": step, "ratio": step / vanilla, "projection_ms": proj * 1000})
         report(f"{name:32s} {step:8.3f} {step / vanilla:7.3f} {proj * 1000:14.2f}")

@@ -45,6 +45,7 @@ from bench_peak import measured_peak, peak_line, training_flops_per_token  # noq
 from orthoguard import data as D  # noqa: E402
 from orthoguard import training as T  # noqa: E402
 from orthoguard.attention import resolve as resolve_attention  # noqa: E402
+from orthoguard.attention import resolve_packing, training_attention  # noqa: E402
 from orthoguard.config import LoraSettings, ModelConfig, TrainConfig  # noqa: E402
 from orthoguard.models import load_model, load_tokenizer, lora_config, resolve_precision  # noqa: E402
 
@@ -124,9 +125,10 @@ def padded_to_seed_length(rows, pad: int):
 
 def loss_identity(model_cfg, settings: LoraSettings, dataset, tokenizer, batch_size: int) -> float:
     """Largest |loss difference| over the batches between the seed's input (padded to 448, LM head everywhere) and
-    orthoguard's (dynamic padding, LM head on label positions only), same fp32 model with a non-zero LoRA."""
+    orthoguard's training batches in fp32 (packed or padded as ``packing: auto`` gives on this machine, the LM head
+    on label positions only, the training attention, autograd recording as in training), same model with a
+    non-zero LoRA."""
     from peft import get_peft_model
-    from transformers import DataCollatorForSeq2Seq
 
     torch.manual_seed(0)
     model = get_peft_model(load_model(model_cfg, resolve_precision("fp32")), lora_config(settings))
@@ -134,14 +136,17 @@ def loss_identity(model_cfg, settings: LoraSettings, dataset, tokenizer, batch_s
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
     tokenizer.padding_side = "right"
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    fp32 = resolve_precision("fp32")
+    collate = T.training_collator(tokenizer, resolve_packing("auto", fp32.device))
     worst = 0.0
-    with torch.no_grad():
+    with training_attention(model, resolve_attention("auto", fp32.device, fp32.autocast),
+                            resolve_packing("auto", fp32.device)):
         for s in range(0, len(dataset), batch_size):
             rows = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-            seed_loss = model(**padded_to_seed_length(rows, tokenizer.pad_token_id)).loss
+            with torch.no_grad():
+                seed_loss = model(**padded_to_seed_length(rows, tokenizer.pad_token_id)).loss
             ours = model(**T.label_positions_only(model, dict(collate(rows)))).loss
-            worst = max(worst, abs(float(seed_loss) - float(ours)))
+            worst = max(worst, abs(float(seed_loss) - float(ours.detach())))
     return worst
 
 
@@ -176,14 +181,14 @@ def group_by_length(args):
 
 
 def projection_shares(model_cfg, settings, dataset, tokenizer, batch_size: int, steps: int) -> None:
-    """The projection's share of a step for each family/placement, on one real (dynamically padded) batch."""
+    """The projection's share of a step for each family/placement, on one real training batch (packed where
+    training packs)."""
     import bench_projection as P
-    from transformers import DataCollatorForSeq2Seq
 
     tokenizer.padding_side = "right"
-    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)([dataset[i] for i in range(batch_size)])
-    batch = dict(batch)
     precision = resolve_precision("auto")  # the default training path: bf16 autocast where the CPU has native bf16
+    packed = resolve_packing("auto", precision.device)
+    batch = dict(T.training_collator(tokenizer, packed)([dataset[i] for i in range(batch_size)]))
     base = load_model(model_cfg, precision)
     hidden = base.config.hidden_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,7 +197,7 @@ def projection_shares(model_cfg, settings, dataset, tokenizer, batch_size: int, 
         print(f"projection: batch {tuple(batch['input_ids'].shape)}, autocast {precision.autocast}, median of {steps} "
               "steps after a warm-up")
         rows = P.compare(lambda: load_model(model_cfg, precision), settings, batch, steps, ref, hidden,
-                         autocast=precision.autocast)
+                         autocast=precision.autocast, packed=packed)
     print(f"{'variant':32s} {'projection share of a step':>28s}")
     for row in rows[1:]:
         print(f"{row['variant']:32s} {100 * row['projection_ms'] / 1000 / row['step_s']:27.1f}%")
@@ -234,6 +239,8 @@ def main() -> None:
                       save_steps=0, lora=settings)
 
     if args.projection_only:
+        print(f"fp32 loss, the seed's batches vs orthoguard's: largest difference "
+              f"{loss_identity(model_cfg, settings, dataset, tokenizer, args.batch):.2e}")
         projection_shares(model_cfg, settings, dataset, tokenizer, args.batch, args.projection_steps)
         return
     measured_peak("fp32"), prefers_bf16(features) and measured_peak("bf16")  # measured before the runs
