@@ -84,11 +84,11 @@ def test_a_forward_pass_autograd_does_not_record_runs_sdpa_bit_for_bit(arch):
 
 def test_sdpa_or_a_non_sdpa_model_is_left_as_it_is():
     model = build_tiny_model("llama", VOCAB)
-    with attention.training_attention(model, "sdpa"):
-        assert model.config._attn_implementation == "sdpa"
+    with attention.training_attention(model, "sdpa") as used:
+        assert model.config._attn_implementation == "sdpa" and used == "sdpa"
     model.set_attn_implementation("eager")  # a config that asked for transformers' own eager attention keeps it
-    with attention.training_attention(model, "eager"):
-        assert model.config._attn_implementation == "eager"
+    with attention.training_attention(model, "eager", packed=True) as used:
+        assert model.config._attn_implementation == "eager" and used == "eager"
 
 
 def _samples(lengths=(12, 9, 5, 11)):

@@ -122,7 +122,8 @@ def training_attention(model, kernel: str, packed: bool = False):
     """Within the block, ``model`` (a transformers model, or a PEFT model around one) trains with ``kernel``
     (``sdpa`` or ``eager``), attending sample by sample in packed batches when ``packed``; its own implementation
     is restored after. A model whose attention is not SDPA (a config that asked for another) or that cannot switch
-    keeps its own."""
+    keeps its own (transformers then masks a packed batch block-diagonally: the same result, more work). Yields the
+    attention that trains."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     before = getattr(base.config, "_attn_implementation", None)
     switch = (kernel == "eager" or packed) and before == "sdpa" \
@@ -131,7 +132,7 @@ def training_attention(model, kernel: str, packed: bool = False):
         _register()
         base.set_attn_implementation(IMPLEMENTATIONS[kernel])
     try:
-        yield
+        yield kernel if switch else before
     finally:
         if switch:
             base.set_attn_implementation(before)

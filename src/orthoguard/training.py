@@ -544,7 +544,7 @@ def train_lora(
             callbacks=all_callbacks,
         )
         start = time.perf_counter()
-        with attention.training_attention(peft_model, kernel, packed):
+        with attention.training_attention(peft_model, kernel, packed) as trained_with:
             trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         seconds = time.perf_counter() - start
         main_process = trainer.is_world_process_zero()
@@ -566,7 +566,7 @@ def train_lora(
             "init_seed": init_seed,
             "resumed_from_step": int(resume.name.split("-")[-1]) if resume is not None else None,
             "world_size": trainer.args.world_size,
-            "attention": kernel,
+            "attention": trained_with,
             "packed": packed,
             "losses": loss_log.records,
         }
