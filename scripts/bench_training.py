@@ -2,15 +2,18 @@
 
 The seed's loop (``train/train_attack_lora.py`` as its README describes it; its code is not in this checkout): every
 sample padded to 448 tokens, batch 4, a plain PyTorch loop over a PEFT model (forward, backward, clipping, AdamW).
-orthoguard: ``orthoguard.training.train_lora`` (the HF Trainer, dynamic padding) in fp32 and, where the CPU has
-native bf16, with bf16 autocast; plus variants of ``training_arguments`` that training.py could adopt (length-grouped
-batches), measured by patching it in this process only.
+orthoguard: ``orthoguard.training.train_lora`` (the HF Trainer; packed batches on a CPU, the training attention of
+``attention.py``) in fp32 and, where the CPU has native bf16, with bf16 autocast; variants turn packing and the
+attention kernel to either choice, run the LM head on every position, or patch ``training_arguments`` (length-grouped
+batches) in this process only.
 
 Samples are HarmfulQA-shaped: a HarmfulQA question opening a 2-4 exchange conversation whose last assistant turn is
 the target (as HarmfulQA's red conversations give one sample per assistant turn); their lengths are drawn so that
 padding to 448 wastes about 30% of positions, as the project notes measured on HarmfulQA-like conversations.
 
-Prints real (non-padding) tokens/s of each and the ratios, the share of the measured matmul peak, and, unless
+Runs ``--rounds`` rounds (the seed's loop, every variant, the seed's loop again) and prints real (non-padding) tokens/s
+of each, each variant's median ratio to the seed's runs around it with the lowest and highest, the share of the
+measured matmul peak, the fp32 loss of the seed's batches against orthoguard's, and, unless
 ``--skip-projection``, the projection's share of a step per family (``bench_projection.compare`` on one real batch).
 
     python scripts/bench_training.py [--steps 6] [--rounds 2] [--variants fp32,bf16,...] [--threads N] [--skip-projection]
