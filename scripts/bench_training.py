@@ -140,10 +140,10 @@ def loss_identity(model_cfg, settings: LoraSettings, dataset, tokenizer, batch_s
             torch.nn.init.normal_(p, std=0.02)
     tokenizer.padding_side = "right"
     fp32 = resolve_precision("fp32")
-    collate = T.training_collator(tokenizer, resolve_packing("auto", fp32.device))
+    packed = resolve_packing("auto", fp32.device)
+    collate = T.training_collator(tokenizer, packed)
     worst = 0.0
-    with training_attention(model, resolve_attention("auto", fp32.device, fp32.autocast),
-                            resolve_packing("auto", fp32.device)):
+    with training_attention(model, resolve_attention("auto", fp32.device, fp32.autocast), packed):
         for s in range(0, len(dataset), batch_size):
             rows = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
             with torch.no_grad():
@@ -176,6 +176,15 @@ def orthoguard_run(model_cfg, tokenizer, dataset, cfg: TrainConfig, dtype: str, 
     finally:
         T.training_arguments = original
         T.OrthoguardTrainer.compute_loss = own_loss
+
+
+def run_variant(variant: str, model_cfg, tokenizer, dataset, cfg: TrainConfig) -> float:
+    """``orthoguard_run`` for a ``--variants`` entry such as ``bf16+padded+sdpa``."""
+    return orthoguard_run(
+        model_cfg, tokenizer, dataset, cfg, "bf16" if variant.startswith("bf16") else "fp32",
+        group_by_length if "+grouped" in variant else None, full_logits="+full-logits" in variant,
+        attention=next((a for a in ("sdpa", "eager") if f"+{a}" in variant), "auto"),
+        packing="off" if "+padded" in variant else "on" if "+packed" in variant else "auto")
 
 
 def group_by_length(args):
@@ -256,19 +265,15 @@ def main() -> None:
     warm = dataset.select(range(args.batch))  # first calls pay one-time costs (kernels, allocator): not timed
     seed_loop(model_cfg, settings, warm, tokenizer, args.batch, cfg.learning_rate)
     for variant in variants:
-        orthoguard_run(model_cfg, tokenizer, warm, cfg, "bf16" if variant.startswith("bf16") else "fp32")
+        run_variant(variant, model_cfg, tokenizer, warm, cfg)
     seed_runs = [timed_seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate, real)]
     runs: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for variant in variants:
-            runs[variant].append(orthoguard_run(
-                model_cfg, tokenizer, dataset, cfg, "bf16" if variant.startswith("bf16") else "fp32",
-                group_by_length if "+grouped" in variant else None, full_logits="+full-logits" in variant,
-                attention=next((a for a in ("sdpa", "eager") if f"+{a}" in variant), "auto"),
-                packing="off" if "+padded" in variant else "on" if "+packed" in variant else "auto"))
+            runs[variant].append(run_variant(variant, model_cfg, tokenizer, dataset, cfg))
         seed_runs.append(timed_seed_loop(model_cfg, settings, dataset, tokenizer, args.batch, cfg.learning_rate, real))
 
-    print(f"fp32 loss, the seed's batches vs orthoguard's (dynamic padding, label-position logits): largest "
+    print(f"fp32 loss, the seed's batches vs orthoguard's training batches (label-position logits): largest "
           f"difference over {-(-len(dataset) // args.batch)} batches {loss_identity(model_cfg, settings, dataset, tokenizer, args.batch):.2e}")
     print(f"seed loop runs: {', '.join(f'{s:.1f}' for s in seed_runs)} s; load average at the end {os.getloadavg()[0]:.1f}")
     flops = training_flops_per_token(load_model(model_cfg, resolve_precision("fp32")))
